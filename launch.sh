@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# tpu_train entry point. Each command creates or refreshes the virtualenv in .venv first, so on a fresh
+# machine it is the only command needed.
+#
+#   ./launch.sh                 the main job on the embedded default (CPU)
+#   ./launch.sh test [ARGS]     lint (ruff) and the test suite; ARGS go to pytest
+#   ./launch.sh import  ARGS    python -m tpu_train.import_hf ARGS
+#   ./launch.sh export  ARGS    python -m tpu_train.export_hf ARGS
+#   ./launch.sh python  ARGS    python inside the project's virtualenv
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PYTHON_BIN=${PYTHON:-python3}
+
+# Installs the project (editable) with the given extras unless the same pyproject.toml and extras were
+# installed already; the stamp makes repeated runs take a second.
+ensure_env() {
+  local extras=$1
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON_BIN" -c 'import sys; assert sys.version_info >= (3, 11), "tpu_train needs Python >= 3.11"'
+    echo "[launch] creating $VENV" >&2
+    "$PYTHON_BIN" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.tpu_train-installed"
+  local want
+  want="$(sha256sum pyproject.toml | cut -c1-16) [$extras]"
+  if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
+    echo "[launch] installing tpu_train[$extras] into $VENV (a few minutes on a fresh machine)" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+    echo "$want" >>"$stamp"
+  fi
+}
+
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+cmd=${1:-main}
+[ $# -gt 0 ] && shift
+
+case "$cmd" in
+  main)
+    # Until training lands, the main job is the Hugging Face round trip (it needs transformers: test extras).
+    ensure_env test
+    exec "$VENV/bin/python" -m tpu_train.interop.roundtrip "$@"
+    ;;
+  test)
+    ensure_env test
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  import)
+    ensure_env test
+    exec "$VENV/bin/python" -m tpu_train.import_hf "$@"
+    ;;
+  export)
+    ensure_env test
+    exec "$VENV/bin/python" -m tpu_train.export_hf "$@"
+    ;;
+  python)
+    ensure_env test
+    exec "$VENV/bin/python" "$@"
+    ;;
+  *)
+    echo "unknown command '$cmd'; see the top of launch.sh" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Interoperability: Hugging Face `transformers` Llama checkpoints in and out."""
