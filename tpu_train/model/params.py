@@ -56,13 +56,17 @@ def init_model(cfg: LlamaConfig, sharder: Sharder | None = None, seed: int = 0) 
 
 
 def canonical_abstract(cfg: LlamaConfig, sharder: Sharder | None) -> dict:
-    """The canonical tree as `jax.ShapeDtypeStruct`s carrying their target shardings (None: one device)."""
+    """The canonical tree as `jax.ShapeDtypeStruct`s carrying their target shardings (without a sharder:
+    the first local device, so a checkpoint from any mesh restores onto one device)."""
     _, state = _abstract(cfg.replace(scan_layers=True), sharder)
     axes = nnx.to_pure_dict(logical_axes(state))
     shapes = nnx.to_pure_dict(state)
 
     def spec(leaf, names):
-        sharding = sharder.sharding(names, leaf.shape) if sharder is not None else None
+        if sharder is not None:
+            sharding = sharder.sharding(names, leaf.shape)
+        else:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
     return jax.tree.map(spec, shapes, axes, is_leaf=lambda x: isinstance(x, tuple))

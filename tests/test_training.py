@@ -1,0 +1,191 @@
+"""The training loop: learning, accumulation, exact resume after SIGKILL, SIGTERM, other meshes, errors."""
+
+import signal
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+# pytest puts tests/ on sys.path (no __init__.py there), so the helper modules import directly.
+import seqio_fixture_tasks  # noqa: F401  (registers fixture_arithmetic)
+from train_helpers import final_params, metric_rows, run_train, start_train, tiny_config
+
+from tpu_train.model import get_preset
+from tpu_train.model.params import canonical_params, init_model
+from tpu_train.training import input_pipeline
+from tpu_train.training.config_checks import ConfigError, check_config
+from tpu_train.training.loop import NonFiniteLossError, train
+from tpu_train.training.step import TrainState, make_train_step
+
+
+def test_loss_decreases_and_metrics_are_written(tmp_path):
+    config = tiny_config(num_steps=30, log_every=5)  # fsdp over the 8 fake devices
+    train(config, tmp_path)
+    rows = metric_rows(tmp_path)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"]
+    for key in (
+        "token_accuracy",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_s",
+        "tokens_per_s_per_device",
+        "mfu",
+    ):
+        assert np.isfinite(rows[-1][key]) and rows[-1][key] >= 0, key
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    _, step = final_params(tmp_path)
+    assert step == 30
+
+
+def _batch(config, n):
+    it = input_pipeline.global_batches(config.data, n, seed=0, process_index=0, process_count=1)
+    return {k: jnp.asarray(v) for k, v in next(it).items()}
+
+
+def test_accumulation_equals_one_big_batch():
+    config = tiny_config()
+    cfg = get_preset("tiny", compute_dtype="float32")
+    params = canonical_params(init_model(cfg, seed=0))
+    tx = optax.adamw(1e-3)
+    batch = _batch(config, 8)
+    results = []
+    for micro in (1, 4):
+        step = jax.jit(make_train_step(cfg, None, tx, microbatches=micro))
+        state = TrainState(step=jnp.asarray(0), params=params, opt_state=tx.init(params))
+        new_state, metrics = step(state, batch)
+        results.append((new_state.params, metrics))
+    (p1, m1), (p4, m4) = results
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+    assert float(m1["target_tokens"]) == float(m4["target_tokens"]) > 0
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_kill_and_resume_is_exact(tmp_path):
+    """12 steps straight == 6 steps, SIGKILL at step 9, resume to 12: same parameters, same batches."""
+    common = [
+        "--config.train.num_steps=12",
+        "--config.checkpoint.every_steps=6",
+        "--config.train.log_every=1",
+    ]
+    run_train(tmp_path / "straight", *common)
+    killed = run_train(
+        tmp_path / "resumed", *common, "--config.train.fault_injection_kill_at_step=9", check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_train(tmp_path / "resumed", *common)
+    assert "resumed from" in resumed.stdout
+    straight_params, s1 = final_params(tmp_path / "straight")
+    resumed_params, s2 = final_params(tmp_path / "resumed")
+    assert s1 == s2 == 12
+    for a, b in zip(jax.tree.leaves(straight_params), jax.tree.leaves(resumed_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    straight = {r["step"]: r["data_fingerprint"] for r in metric_rows(tmp_path / "straight")}
+    resumed_rows = {r["step"]: r["data_fingerprint"] for r in metric_rows(tmp_path / "resumed")}
+    assert resumed_rows == straight  # steps 1-9 of the killed run, then 7-12 again after resume
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    proc = start_train(
+        tmp_path,
+        "--config.train.num_steps=100000",
+        "--config.train.log_every=1",
+        "--config.checkpoint.every_steps=0",
+    )
+    for line in proc.stdout:
+        if line.startswith("step 3/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:]
+    assert "SIGTERM: saved step" in out
+    _, step = final_params(tmp_path)
+    assert step >= 3
+
+
+def test_restore_onto_another_mesh(tmp_path):
+    """Checkpoint on fsdp=8, continue on data=2 x fsdp=4 (8 fake devices from conftest)."""
+    config = tiny_config(num_steps=4, log_every=2)
+    config.checkpoint.every_steps = 2
+    config.mesh.shape.update(data=1, fsdp=8)
+    train(config, tmp_path)
+    config = tiny_config(num_steps=6, log_every=2)
+    config.mesh.shape.update(data=2, fsdp=4)
+    train(config, tmp_path)
+    rows = metric_rows(tmp_path)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert np.isfinite(rows[-1]["loss"]) and rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    config = tiny_config(num_steps=6, log_every=1)
+    config.optimizer.learning_rate = 1e30
+    config.optimizer.clip_norm = 0.0
+    config.optimizer.warmup_steps = 0
+    config.optimizer.warmup_fraction = 0.0
+    config.optimizer.schedule = "constant"
+    with pytest.raises(NonFiniteLossError, match=r"at step \d"):
+        train(config, tmp_path / "stop")
+    config.train.nan_policy = "skip"
+    train(config, tmp_path / "skip")
+    params, _ = final_params(tmp_path / "skip")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))  # skipped updates never land
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.mesh.shape.update(data=3, fsdp=-1), "mesh.shape: .*does not divide the 8"),
+        (lambda c: c.mesh.shape.update(data=2, fsdp=2), "mesh.shape: .*has 4 devices but 8"),
+        (lambda c: c.train.update(batch_size=12), r"not divisible by the data-parallel size data\*fsdp=8"),
+        (lambda c: c.train.update(batch_size=16, microbatches=3), "not divisible by train.microbatches=3"),
+        (lambda c: c.data.update(seq_len=512, feature_lengths=dict(inputs=256, targets=256)), "exceeds the model's max_seq_len=256"),
+        (lambda c: c.data.update(seq_len=96), r"rows of 128 tokens but data.seq_len=96"),
+        (lambda c: c.data.update(tokenizer="/nonexistent/tokenizer.model"), "data.tokenizer: /nonexistent"),
+        (lambda c: c.train.update(nan_policy="ignore"), "nan_policy"),
+    ],
+)  # fmt: skip
+def test_config_errors_say_what_to_change(change, message):
+    config = tiny_config()
+    change(config)
+    with pytest.raises(ConfigError, match=message):
+        check_config(config, get_preset("tiny"), num_devices=8, process_count=1)
+
+
+def test_two_processes_train_checkpoint_and_resume(tmp_path):
+    """Two local CPU processes (coordinator on loopback), each feeding its own data shard."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def launch(num_steps: int) -> list[str]:
+        procs = [
+            start_train(
+                tmp_path,
+                f"--config.train.num_steps={num_steps}",
+                "--config.train.log_every=2",
+                "--config.checkpoint.every_steps=2",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                devices=2,
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+        for p, out in zip(procs, outs, strict=True):
+            assert p.returncode == 0, out[-3000:]
+        return outs
+
+    first = launch(4)
+    assert "mesh [fsdp=4] (4 devices)" in first[0]
+    assert "step 4/4" in first[0] and "step 4/4" not in first[1]  # only process 0 reports
+    second = launch(6)
+    assert "resumed from" in second[0]
+    _, step = final_params(tmp_path)
+    assert step == 6

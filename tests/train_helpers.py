@@ -1,0 +1,87 @@
+"""Helpers for the training tests: the tiny config pointed at the fixture SeqIO task, and subprocess runs."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+
+from tpu_train import checkpoint
+from tpu_train.model.params import canonical_abstract
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_OVERRIDES = [
+    "--config.data.mixture=fixture_arithmetic",
+    "--config.data.registry_modules=('seqio_fixture_tasks',)",
+]
+
+
+def tiny_config(**train):
+    spec = importlib.util.spec_from_file_location("tiny_test", ROOT / "configs" / "tiny_test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.mixture = "fixture_arithmetic"
+    config.data.registry_modules = ("seqio_fixture_tasks",)
+    config.train.update(train)
+    return config
+
+
+def train_command(workdir, *overrides) -> list[str]:
+    """`python -m tpu_train.train` on configs/tiny_test.py with the fixture task."""
+    return [
+        sys.executable,
+        "-m",
+        "tpu_train.train",
+        f"--config={ROOT / 'configs' / 'tiny_test.py'}",
+        f"--workdir={workdir}",
+        *FIXTURE_OVERRIDES,
+        *overrides,
+    ]
+
+
+def train_env(devices: int = 1) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "tests"),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+
+
+def run_train(workdir, *overrides, devices: int = 1, check: bool = True):
+    """Runs a training subprocess to completion (or death) and returns the CompletedProcess."""
+    return subprocess.run(
+        train_command(workdir, *overrides),
+        cwd=ROOT,
+        env=train_env(devices),
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
+
+
+def start_train(workdir, *overrides, devices: int = 1) -> subprocess.Popen:
+    """Starts a training subprocess; stdout and stderr merged, text mode."""
+    return subprocess.Popen(
+        train_command(workdir, *overrides),
+        cwd=ROOT,
+        env=train_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def final_params(workdir):
+    cfg = checkpoint.read_model_config(workdir)
+    params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None))
+    return jax.device_get(params), step
+
+
+def metric_rows(workdir):
+    import json
+
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,1 @@
+"""Training: optimizer, train step, input pipeline, checkpoints, metrics and the loop that ties them."""

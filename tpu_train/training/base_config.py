@@ -1,0 +1,77 @@
+"""The full set of training config fields with their defaults; `configs/*.py` start from this.
+
+Each component reads only its own section: `model` (architecture preset and runtime fields), `init`,
+`mesh` (shape and sharding-rule overrides), `data` (input pipeline), `optimizer`, `train` (the loop),
+`checkpoint`, and the top-level `seed`.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = (
+        "tiny"  # tpu_train.model.PRESETS; ignored when the workdir or init.hf_dir defines it
+    )
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "bfloat16"
+    c.model.scan_layers = True
+    c.model.remat_policy = "none"  # none | full | save_dots | save_dots_no_batch | save_qkv_attn
+    c.model.attention = "xla"  # xla | splash (TPU)
+    c.model.overrides = (
+        ml_collections.ConfigDict()
+    )  # extra LlamaConfig fields for a preset (e.g. num_layers)
+
+    c.init = ml_collections.ConfigDict()
+    c.init.hf_dir = (
+        ""  # import this Hugging Face Llama as step 0 when the workdir has no checkpoint
+    )
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = ml_collections.ConfigDict(dict(data=1, fsdp=-1, sequence=1, tensor=1))
+    c.mesh.rules = ()  # ((logical, mesh axes), ...) replacing entries of tpu_train.sharding.DEFAULT_RULES
+
+    c.data = ml_collections.ConfigDict()
+    c.data.mixture = ""  # SeqIO task or mixture name
+    c.data.registry_modules = ("tpu_train.data.tasks",)  # imported to register tasks and mixtures
+    c.data.split = "train"
+    c.data.seq_len = 512
+    c.data.feature_lengths = ml_collections.ConfigDict(dict(inputs=256, targets=256))
+    c.data.converter = "prefix_lm"  # prefix_lm (loss on targets only) | decoder
+    c.data.pack = True
+    c.data.shuffle = True
+    c.data.tokenizer = ""  # checked to exist before compiling, when set
+    c.data.files = ml_collections.ConfigDict()  # name -> path, each checked to exist
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.schedule = "cosine"  # cosine | linear | constant
+    c.optimizer.warmup_fraction = 0.03
+    c.optimizer.warmup_steps = 0  # > 0 overrides warmup_fraction
+    c.optimizer.end_lr_fraction = 0.0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.weight_decay_exclude = ("norm",)  # parameter paths containing these never decay
+    c.optimizer.clip_norm = 1.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.batch_size = 128  # global, in sequences
+    c.train.microbatches = 1  # gradient accumulation: sums over microbatches, divides once
+    c.train.z_loss = 0.0
+    c.train.log_every = 10
+    c.train.nan_policy = "stop"  # stop | skip
+    c.train.peak_flops_per_device = 0.0  # 0: datasheet for known accelerators, measured on CPU
+    c.train.fault_injection_kill_at_step = -1  # tests only: SIGKILL the process before this step
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500
+    c.checkpoint.keep = 3  # the last K...
+    c.checkpoint.keep_every = 0  # ...plus every M-th step (0: none)
+    c.checkpoint.async_save = True
+    return c

@@ -1,0 +1,70 @@
+"""Checks run before anything is compiled, each failing with a message that says what to change."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import ml_collections
+
+from tpu_train.model.config import LlamaConfig
+from tpu_train.sharding import resolve_mesh_shape
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run as written."""
+
+
+def check_config(
+    config: ml_collections.ConfigDict, model_cfg: LlamaConfig, num_devices: int, process_count: int
+) -> dict[str, int]:
+    """Validates mesh, batch, sequence length and files; returns the resolved mesh shape."""
+    try:
+        mesh = resolve_mesh_shape(dict(config.mesh.shape), num_devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh.shape: {e}") from e
+    batch, micro = config.train.batch_size, config.train.microbatches
+    data_parallel = mesh["data"] * mesh["fsdp"]
+    if micro < 1 or batch % micro:
+        raise ConfigError(
+            f"train.batch_size={batch} is not divisible by train.microbatches={micro}; "
+            "choose a batch size that is a multiple of the microbatch count"
+        )
+    if (batch // micro) % data_parallel:
+        need = micro * data_parallel
+        raise ConfigError(
+            f"train.batch_size={batch} split into {micro} microbatch(es) of {batch // micro} is not divisible "
+            f"by the data-parallel size data*fsdp={data_parallel}; use a multiple of {need} "
+            f"(e.g. --config.train.batch_size={math.ceil(batch / need) * need})"
+        )
+    if batch % process_count:
+        raise ConfigError(
+            f"train.batch_size={batch} is not divisible by the {process_count} processes (hosts)"
+        )
+    seq_len = config.data.seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise ConfigError(
+            f"data.seq_len={seq_len} exceeds the model's max_seq_len={model_cfg.max_seq_len}; lower "
+            "data.seq_len or raise model.max_seq_len"
+        )
+    lengths = dict(config.data.feature_lengths)
+    row = lengths.get("inputs", 0) + lengths.get("targets", 0)
+    if config.data.converter == "decoder":
+        row = lengths.get("targets", 0)
+    if row != seq_len:
+        raise ConfigError(
+            f"data.feature_lengths={lengths} give {config.data.converter} rows of {row} tokens but "
+            f"data.seq_len={seq_len}; make them agree (prefix_lm: inputs + targets = seq_len)"
+        )
+    if model_cfg.attention == "splash" and seq_len % 128:
+        raise ConfigError(
+            f"data.seq_len={seq_len} must be a multiple of 128 with model.attention=splash"
+        )
+    required = {"data.tokenizer": config.data.get("tokenizer")}
+    required.update({f"data.files.{k}": v for k, v in config.data.get("files", {}).items()})
+    for field, path in required.items():
+        if path and not Path(path).exists():
+            raise ConfigError(f"{field}: {path} does not exist")
+    if config.train.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"train.nan_policy={config.train.nan_policy!r}; choose 'stop' or 'skip'")
+    return mesh

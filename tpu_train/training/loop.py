@@ -1,0 +1,249 @@
+"""The training loop: config -> mesh -> model -> train state -> steps -> checkpoints.
+
+    state = restore latest checkpoint in W, or import config.init.hf_dir, or initialise from scratch
+    for step in start..num_steps:  batch -> jitted step (sharded, donated) -> metrics -> checkpoint
+    SIGTERM (TPU preemption): save at the next step boundary and return
+
+Only process 0 writes metrics and prints; every process takes part in checkpoint saves (Orbax coordinates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from clu import metric_writers
+
+from tpu_train import checkpoint
+from tpu_train.interop.hf import import_hf, read_hf_config
+from tpu_train.model.config import LlamaConfig, get_preset
+from tpu_train.model.params import canonical_abstract, canonical_params, init_model
+from tpu_train.sharding import DEFAULT_RULES, Sharder, describe, make_mesh
+from tpu_train.training import input_pipeline, metrics
+from tpu_train.training.checkpointing import TrainCheckpointer
+from tpu_train.training.config_checks import ConfigError, check_config
+from tpu_train.training.optimizer import learning_rate_schedule, make_optimizer
+from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
+
+# Model fields a training config may set; they change how the model runs, never its parameter shapes.
+RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "scan_layers", "remat_policy", "attention")
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclasses.dataclass
+class _Preemption:
+    """Set by SIGTERM; the loop checkpoints and exits at the next step boundary."""
+
+    requested: bool = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+
+
+def model_config(config: ml_collections.ConfigDict, workdir: Path) -> LlamaConfig:
+    """The architecture comes from the workdir (a resumed or imported run) or the HF dir to import, else
+    from the preset; the config's runtime fields apply on top."""
+    runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
+    if (workdir / checkpoint.MODEL_CONFIG_FILE).exists():
+        return checkpoint.read_model_config(workdir).replace(**runtime)
+    if config.init.hf_dir:
+        return read_hf_config(config.init.hf_dir, **runtime)
+    extra = {k: v for k, v in config.model.get("overrides", {}).items()}
+    return get_preset(config.model.preset, **runtime, **extra)
+
+
+def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
+    """DEFAULT_RULES with the config's `mesh.rules` entries replacing those of the same logical name."""
+    overrides = {
+        name: (tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.mesh.rules
+    }
+    return tuple((name, overrides.pop(name, axes)) for name, axes in DEFAULT_RULES) + tuple(
+        overrides.items()
+    )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Runs (or resumes) training to `config.train.num_steps`; returns the last logged metrics."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    say = print if is_main else (lambda *a, **k: None)
+
+    model_cfg = model_config(config, workdir)
+    mesh_shape = check_config(config, model_cfg, jax.device_count(), jax.process_count())
+    mesh = make_mesh(mesh_shape)
+    sharder = Sharder(mesh, sharding_rules(config))
+    num_steps = config.train.num_steps
+    tx = make_optimizer(config.optimizer, num_steps)
+    schedule = learning_rate_schedule(config.optimizer, num_steps)
+
+    ckpt = TrainCheckpointer(
+        workdir,
+        every_steps=config.checkpoint.every_steps,
+        keep=config.checkpoint.keep,
+        keep_every=config.checkpoint.keep_every,
+        async_save=config.checkpoint.async_save,
+    )
+    if ckpt.latest_step() is None and config.init.hf_dir:
+        say(f"importing {config.init.hf_dir} into {workdir} (step 0)")
+        import_hf(
+            config.init.hf_dir,
+            workdir,
+            overrides={k: getattr(model_cfg, k) for k in RUNTIME_MODEL_FIELDS},
+        )
+    checkpoint.write_model_config(workdir, model_cfg)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    abstract_params = canonical_abstract(model_cfg, sharder)
+    replicated = lambda n: jax.device_put(jnp.asarray(n, jnp.int32), sharder.sharding(()))  # noqa: E731
+    param_shardings = jax.tree.map(lambda s: s.sharding, abstract_params)
+    opt_abstract = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = optimizer_state_shardings(opt_abstract, param_shardings, sharder.sharding(()))
+    init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
+    start = ckpt.latest_step()
+    if start is None:
+        params = canonical_params(init_model(model_cfg, sharder, seed=config.seed))
+        state = TrainState(step=replicated(0), params=params, opt_state=init_opt(params))
+        say(
+            f"initialised {model_cfg.num_params() / 1e6:,.1f}M parameters from scratch (seed {config.seed})"
+        )
+    else:
+        opt_abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            opt_abstract,
+            opt_shardings,
+        )
+        abstract = TrainState(step=None, params=abstract_params, opt_state=opt_abstract)
+        params, opt_state = ckpt.restore(start, abstract)
+        state = TrainState(
+            step=replicated(start),
+            params=params,
+            opt_state=opt_state if opt_state is not None else init_opt(params),
+        )
+        say(f"resumed from {workdir / checkpoint.CHECKPOINT_DIR / str(start)} (step {start})")
+    say(describe(mesh, state.params))
+
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    batch_sharding = sharder.sharding(
+        ("batch", "length"), (config.train.batch_size, config.data.seq_len)
+    )
+    step_fn = jax.jit(
+        make_train_step(
+            model_cfg,
+            sharder,
+            tx,
+            microbatches=config.train.microbatches,
+            z_loss=config.train.z_loss,
+        ),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+    start = int(state.step)
+    batches = input_pipeline.global_batches(
+        config.data, config.train.batch_size, seed=config.seed, start_step=start
+    )
+    writer = metric_writers.create_default_writer(
+        str(workdir / "tensorboard"), just_logging=not is_main
+    )
+    jsonl = metrics.JsonlWriter(workdir / "metrics.jsonl") if is_main else None
+    tokens_per_step = config.train.batch_size * config.data.seq_len
+    flops_per_step = metrics.flops_per_token(model_cfg, config.data.seq_len) * tokens_per_step
+    peak, peak_source = metrics.peak_flops_per_device(config.train.peak_flops_per_device)
+    say(
+        f"training steps {start}..{num_steps}: batch {config.train.batch_size} x {config.data.seq_len} tokens, "
+        f"{flops_per_step / 1e12:.3g} TFLOP/step, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_source})"
+    )
+    config_json = json.loads(config.to_json_best_effort())
+    preemption = _Preemption()
+    previous_handler = signal.signal(signal.SIGTERM, preemption)
+    last: dict[str, float] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    run_start = time.perf_counter()
+    try:
+        for step in range(start, num_steps):
+            if step == config.train.fault_injection_kill_at_step:
+                # Fault injection for the resume tests: die at once, like a machine that is lost.
+                os.kill(os.getpid(), signal.SIGKILL)
+            local = next(batches)
+            fingerprint = input_pipeline.fingerprint(local)
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, local[k])
+                for k in BATCH_KEYS
+            }
+            state, step_metrics = step_fn(state, batch)
+            window_steps += 1
+            done = step + 1
+            if not bool(step_metrics["finite"]):
+                message = f"non-finite loss or gradient at step {done} (the update was not applied)"
+                if config.train.nan_policy == "stop":
+                    ckpt.wait()
+                    raise NonFiniteLossError(
+                        message + "; set train.nan_policy='skip' to continue past it"
+                    )
+                say(f"warning: {message}; skipping (train.nan_policy='skip')")
+            if done % config.train.log_every == 0 or done == num_steps:
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_steps * tokens_per_step / elapsed
+                values.update(
+                    learning_rate=float(schedule(step)),
+                    tokens_per_s=tokens_per_s,
+                    tokens_per_s_per_device=tokens_per_s / jax.device_count(),
+                    mfu=tokens_per_s
+                    * flops_per_step
+                    / tokens_per_step
+                    / (peak * jax.device_count()),
+                    data_fingerprint=float(fingerprint),
+                )
+                writer.write_scalars(done, values)
+                if jsonl is not None:
+                    jsonl.write(done, {**values, "data_fingerprint": fingerprint})
+                say(
+                    metrics.progress_line(
+                        done, num_steps, values, time.perf_counter() - run_start, done - start
+                    )
+                )
+                last = values
+                window_start, window_steps = time.perf_counter(), 0
+            if ckpt.should_save(done) or done == num_steps or preemption.requested:
+                ckpt.save(state, config_json, force=preemption.requested or done == num_steps)
+            if preemption.requested:
+                ckpt.wait()
+                say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
+                break
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.flush()
+        signal.signal(signal.SIGTERM, previous_handler)
+    return last
+
+
+def optimizer_state_shardings(opt_abstract, param_shardings, replicated):
+    """Every subtree of the optimizer state shaped like the parameters (Adam's moments) is sharded like
+    the parameters; everything else (step counters) is replicated."""
+    param_def = jax.tree.structure(param_shardings)
+
+    def like_params(node) -> bool:
+        return jax.tree.structure(node) == param_def
+
+    return jax.tree.map(
+        lambda node: param_shardings if like_params(node) else replicated,
+        opt_abstract,
+        is_leaf=like_params,
+    )
+
+
+__all__ = ["ConfigError", "NonFiniteLossError", "train"]
