@@ -1,0 +1,71 @@
+"""Unit checks of the isolation building blocks (the hostile suite covers their effect)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from tpu_train.evaluation import isolation, protocol, seccomp, syscalls
+
+
+def test_filter_template_patches_only_the_pid() -> None:
+    template = seccomp.FilterTemplate("x86_64")
+    a, b = template.for_pid(1234), template.for_pid(99)
+    assert len(a) == len(b) and len(a) % 8 == 0
+    differing = [i for i in range(0, len(a), 8) if a[i : i + 8] != b[i : i + 8]]
+    assert len(differing) == 1
+    assert struct.unpack_from("=I", a, differing[0] + 4)[0] == 1234
+
+
+def test_filter_starts_with_an_architecture_check() -> None:
+    for arch in ("x86_64", "aarch64"):
+        program = seccomp.build_filter(1, arch)
+        code, _, _, k = struct.unpack_from("=HBBI", program, 0)
+        assert (code, k) == (0x20, 4)  # load seccomp_data.arch
+        _, _, _, token = struct.unpack_from("=HBBI", program, 8)
+        assert token == syscalls.AUDIT_ARCH[arch]
+    with pytest.raises(ValueError, match="no syscall table"):
+        seccomp.build_filter(1, "mips")
+
+
+def test_levels_are_ordered_and_validated() -> None:
+    assert [isolation.level_rank(level) for level in isolation.LEVELS] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="unknown isolation level"):
+        isolation.level_rank("maximum")
+
+
+def test_probe_reports_layers(tmp_path) -> None:
+    limits = isolation.Limits(cpu_s=2, memory_bytes=1 << 30, file_bytes=1 << 20, open_files=32)
+    plan = isolation.probe_and_prepare(limits, str(tmp_path), max_level="landlock")
+    assert plan.level in isolation.LEVELS[: isolation.level_rank("landlock") + 1]
+    assert ("seccomp" in plan.layers) == (plan.seccomp is not None)
+    assert ("landlock-fs" in plan.layers) == (plan.ruleset is not None)
+    assert "netns" not in plan.layers  # above max_level, so never tried
+    if plan.ruleset is not None:
+        os.close(plan.ruleset.fd)
+
+
+def test_frames_roundtrip_and_reject_garbage() -> None:
+    buffer = protocol.FrameBuffer()
+    frame = protocol.encode({"verdict": "ok", "answer": "ü"})
+    assert buffer.feed(frame[:3]) == []
+    assert buffer.feed(frame[3:] + frame) == [{"verdict": "ok", "answer": "ü"}] * 2
+    with pytest.raises(protocol.ProtocolError):
+        protocol.FrameBuffer().feed(struct.pack(">I", 4) + b"[1]\n")
+    with pytest.raises(protocol.ProtocolError, match="expected str"):
+        protocol.string_field({"answer": 5}, "answer")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capability dropping is only meaningful as root")
+def test_root_without_capabilities_cannot_regain_them() -> None:
+    def attempt() -> None:
+        syscalls.drop_all_capabilities()
+        try:
+            os.setgroups([0, 1])
+        except PermissionError:
+            return
+        raise RuntimeError("setgroups still allowed")
+
+    assert isolation._try_in_child(attempt) is None

@@ -1,0 +1,176 @@
+"""Parsing numeric answers into exact rationals, without ever evaluating text.
+
+Accepted shapes: integers and decimals (with thousands separators ``1,234,567`` or LaTeX
+``1{,}234``), scientific notation, fractions ``3/4`` and ``\\frac{3}{4}``, mixed numbers
+``2 1/2``, a sign, leading currency (``$``, ``€``, ``£``, ``¥``, ``₹``, ``Rs.``), trailing
+percent signs and unit words (``12 cm``, ``5 apples``, ``30^\\circ``), and wrappers such as
+``\\boxed{}`` / ``\\text{}``. Anything else, including two numbers in one answer, NaN and
+infinity, parses to None: a grader must not guess which number was meant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from fractions import Fraction
+
+MAX_NUMBER_CHARS = 200
+MAX_EXPONENT = 400
+
+_UNARY_MINUS = str.maketrans({"−": "-", "–": "-", "—": "-", "\u2009": "", "\u202f": ""})
+_LATEX_WRAPPERS = re.compile(
+    r"\\(?:boxed|text|textbf|mathrm|mbox|fbox|displaystyle)\s*\{([^{}]*)\}"
+)
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+_CURRENCY = re.compile(r"^(?:\$|€|£|¥|₹|rs\.?|usd|inr|eur)\s*", re.IGNORECASE)
+_UNIT = r"(?:[a-zA-Z°]+\.?(?:[\s/-]+[a-zA-Z°]+\.?)*(?:\s*\^?\s*[23²³])?)"
+_CORE = re.compile(
+    r"""^(?P<sign>[+-])?\s*
+    (?:
+      (?P<whole>\d+)\s+(?P<mnum>\d+)\s*/\s*(?P<mden>\d+)        # mixed number 2 1/2
+    | (?P<fnum>\d+(?:\.\d+)?)\s*/\s*(?P<fden>\d+(?:\.\d+)?)     # fraction 3/4
+    | (?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)        # decimal, maybe 1,234.5
+      (?:[eE](?P<exp>[+-]?\d+))?
+    )$""",
+    re.VERBOSE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """A parsed number.
+
+    ``decimals`` is the count of digits written after a decimal point (None for integers and
+    fractions); ``inexact`` marks decimal notation with a fraction part or an exponent, i.e.
+    text that may carry floating-point noise; ``percent`` records a trailing percent sign.
+    """
+
+    value: Fraction
+    decimals: int | None
+    inexact: bool
+    percent: bool
+
+
+def _strip_latex(text: str) -> str:
+    text = text.replace("{,}", ",").replace("\\,", "").replace("\\!", "").replace("~", " ")
+    text = text.replace("\\$", "$").replace("\\%", "%").replace("\\left", "").replace("\\right", "")
+    text = re.sub(r"\^\s*\{?\\circ\}?|\\circ|\\degree", "°", text)
+    for _ in range(3):
+        text = _LATEX_WRAPPERS.sub(r"\1", text)
+    text = _LATEX_FRAC.sub(r"\1/\2", text)
+    text = text.strip()
+    if text.startswith("$") and text.endswith("$") and len(text) > 1 and text.count("$") == 2:
+        text = text[1:-1]
+    return text.strip()
+
+
+_BODY_AND_SUFFIX = re.compile(
+    rf"(?P<body>.*?[\d.])\s*(?P<pct>%|percent\b|per\s*cent\b)?\s*(?P<unit>{_UNIT})?\s*\.?",
+    re.IGNORECASE,
+)
+_VARIABLE_LETTERS = frozenset("abcdefijknpqrtuvwxyzABCDEFIJKNPQRTUVWXYZ")
+_EQUATION = re.compile(r"^[A-Za-z][A-Za-z_0-9]{0,2}\s*=\s*")
+
+
+def _split_suffix(text: str) -> tuple[str, bool]:
+    """Cut percent signs and unit words off the end; return (number part, had percent)."""
+    match = _BODY_AND_SUFFIX.fullmatch(text)
+    if match is None:
+        return text, False
+    unit = match.group("unit") or ""
+    if len(unit) == 1 and unit in _VARIABLE_LETTERS and not text[match.start("unit") - 1].isspace():
+        return text, False  # "5x" is an expression in x, not five of a unit called x
+    return match.group("body").strip(), bool(match.group("pct"))
+
+
+def parse_number(text: str | None) -> Number | None:
+    """Parse ``text`` as one number, or None when it is not exactly one finite number."""
+    if text is None:
+        return None
+    text = str(text).translate(_UNARY_MINUS).strip()
+    if not text or len(text) > MAX_NUMBER_CHARS:
+        return None
+    text = _EQUATION.sub("", _strip_latex(text))  # "x = 5" answers with 5
+    sign = ""
+    if text[:1] in "+-":
+        sign, text = text[0], text[1:].lstrip()
+    text = _CURRENCY.sub("", text)
+    match = _CORE.match(sign + text)  # whole text first, so "1e3" is not 1 of unit "e^3"
+    percent = False
+    if match is None:
+        text, percent = _split_suffix(text)
+        match = _CORE.match(sign + text)
+    if match is None:
+        return None
+    negative = match.group("sign") == "-"
+    if match.group("whole") is not None:
+        den = int(match.group("mden"))
+        if den == 0:
+            return None
+        value = int(match.group("whole")) + Fraction(int(match.group("mnum")), den)
+        number = Number(value, None, False, percent)
+    elif match.group("fnum") is not None:
+        num, den = Fraction(match.group("fnum")), Fraction(match.group("fden"))
+        if den == 0:
+            return None
+        inexact = "." in match.group("fnum") + match.group("fden")
+        number = Number(num / den, None, inexact, percent)
+    else:
+        digits = match.group("dec").replace(",", "")
+        exponent = match.group("exp")
+        if exponent is not None and abs(int(exponent)) > MAX_EXPONENT:
+            return None
+        value = Fraction(digits if not digits.endswith(".") else digits[:-1])
+        if exponent is not None:
+            value *= Fraction(10) ** int(exponent)
+        fraction_digits = digits.split(".")[1] if "." in digits else ""
+        decimals = len(fraction_digits) if fraction_digits and exponent is None else None
+        number = Number(value, decimals, bool(fraction_digits) or exponent is not None, percent)
+    if negative:
+        number = dataclasses.replace(number, value=-number.value)
+    return number
+
+
+REL_TOLERANCE = Fraction(1, 10**6)
+ABS_TOLERANCE = Fraction(1, 10**12)
+
+
+def round_half_away(value: Fraction, places: int) -> Fraction:
+    """Round to ``places`` decimals, halves away from zero (how people round by hand)."""
+    scale = 10**places
+    scaled = abs(value) * scale
+    rounded = int(scaled + Fraction(1, 2))
+    return Fraction(rounded if value >= 0 else -rounded, scale)
+
+
+def values_match(prediction: Number, gold: Number, *, percent_rescale: bool = False) -> bool:
+    """The strict numeric policy.
+
+    1. Exact rational equality.
+    2. A gold written with d > 0 decimals accepts the prediction rounded to d decimals.
+    3. Only when either side is written as a decimal/exponent (a float may be involved):
+       relative tolerance 1e-6 (absolute 1e-12 around zero) for floating-point noise.
+    Integer golds never accept a rounded prediction, and with ``percent_rescale`` (only when a
+    dataset asks for it) a prediction off by a factor of exactly 100 is also accepted.
+    """
+    candidates = [prediction.value]
+    if percent_rescale:
+        candidates += [prediction.value * 100, prediction.value / 100]
+    for value in candidates:
+        if value == gold.value:
+            return True
+        if gold.decimals and round_half_away(value, gold.decimals) == gold.value:
+            return True
+        if prediction.inexact or gold.inexact:
+            diff = abs(value - gold.value)
+            if diff <= ABS_TOLERANCE or diff <= REL_TOLERANCE * max(abs(value), abs(gold.value)):
+                return True
+    return False
+
+
+def numbers_equal(prediction: str, gold: str, *, percent_rescale: bool = False) -> bool:
+    """True when both parse as single numbers that match under :func:`values_match`."""
+    pred, ref = parse_number(prediction), parse_number(gold)
+    if pred is None or ref is None:
+        return False
+    return values_match(pred, ref, percent_rescale=percent_rescale)

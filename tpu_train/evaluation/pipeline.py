@@ -1,0 +1,147 @@
+"""Scoring model outputs produced anywhere: the engine behind ``python -m tpu_train.evaluate``.
+
+Input lines are ``{"id", "dataset", "output", "mode": "pot"|"cot"}``. PoT outputs are run in
+the sandbox and graded on the answer the program produced; CoT answers are extracted from the
+text. Every item is graded in ``strict`` and ``compat`` mode and written out with its
+provenance (answer source, verdict, isolation level).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+
+from tpu_train.evaluation import benchmarks, extract, grader, scoring
+from tpu_train.evaluation.executor import Executor, ExecutorConfig
+
+
+class InputError(ValueError):
+    """A predictions or programs file line is malformed (message names file, line, field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    id: str
+    dataset: str
+    output: str
+    mode: str
+
+
+def read_jsonl(path: str, required: dict[str, type]) -> list[tuple[int, dict]]:
+    """Parse a JSONL file, checking that each line has the ``required`` fields and types."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{line_no}: expected a JSON object")
+            for field, kind in required.items():
+                if field not in row:
+                    raise InputError(f"{path}:{line_no}: missing field {field!r}")
+                if not isinstance(row[field], kind):
+                    raise InputError(
+                        f"{path}:{line_no}: field {field!r} must be {kind.__name__}, "
+                        f"got {type(row[field]).__name__}"
+                    )
+            rows.append((line_no, row))
+    return rows
+
+
+def read_predictions(path: str) -> list[Prediction]:
+    predictions = []
+    for line_no, row in read_jsonl(path, {"id": str, "dataset": str, "output": str, "mode": str}):
+        if row["mode"] not in ("pot", "cot"):
+            raise InputError(f"{path}:{line_no}: field 'mode' must be 'pot' or 'cot'")
+        if row["dataset"] not in benchmarks.DATASETS:
+            raise InputError(
+                f"{path}:{line_no}: field 'dataset' {row['dataset']!r} is not one of "
+                f"{benchmarks.DATASETS}"
+            )
+        predictions.append(Prediction(row["id"], row["dataset"], row["output"], row["mode"]))
+    return predictions
+
+
+def _index(datasets: set[str], eval_dir: str) -> dict[str, benchmarks.Record]:
+    records = {}
+    for dataset in sorted(datasets):
+        for record in benchmarks.load(dataset, eval_dir):
+            records[record.id] = record
+    return records
+
+
+def evaluate(
+    predictions: Sequence[Prediction],
+    config: ExecutorConfig | None = None,
+    eval_dir: str = benchmarks.EVAL_DIR,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[dict], dict]:
+    """Score predictions; returns (per-item dicts, run metadata)."""
+    records = _index({p.dataset for p in predictions}, eval_dir)
+    resolved = []
+    for prediction in predictions:
+        key = prediction.id if prediction.id in records else f"{prediction.dataset}/{prediction.id}"
+        if key not in records:
+            raise InputError(f"prediction id {prediction.id!r} not found in {prediction.dataset}")
+        resolved.append((prediction, records[key]))
+    pot = [i for i, (p, _) in enumerate(resolved) if p.mode == "pot"]
+    executions: dict[int, dict] = {}
+    meta = {"isolation_level": None, "layers": []}
+    if pot:
+        with Executor(config or ExecutorConfig()) as executor:
+            meta = {"isolation_level": executor.isolation_level, "layers": list(executor.layers)}
+            outcomes = executor.run([resolved[i][0].output for i in pot], progress=progress)
+        for index, outcome in zip(pot, outcomes, strict=True):
+            executions[index] = outcome.to_json()
+    items = []
+    for index, (prediction, record) in enumerate(resolved):
+        item = {"id": record.id, "dataset": record.dataset, "mode": prediction.mode}
+        if prediction.mode == "pot":
+            run = executions[index]
+            item |= {
+                "answer": run["answer"],
+                "answer_source": run["answer_source"],
+                "verdict": run["verdict"],
+                "error_type": run["error_type"],
+            }
+        else:
+            answer = extract.extract_cot_answer(prediction.output, record.answer_type)
+            item |= {"answer": answer, "answer_source": "cot" if answer else None}
+            if progress is not None:
+                progress(1)
+        item |= {"gold": record.gold, "answer_type": record.answer_type}
+        items.append(item)
+    for mode in grader.MODES:
+        requests = [
+            grader.GradeRequest(
+                item["answer"], rec.gold, rec.answer_type, rec.options, False, rec.dataset
+            )
+            for item, (_, rec) in zip(items, resolved, strict=True)
+        ]
+        for item, verdict in zip(items, grader.grade_many(requests, mode=mode), strict=True):
+            item[mode] = verdict
+    return items, meta
+
+
+def write_outputs(items: Sequence[dict], meta: dict, out_dir: str) -> list[scoring.TableRow]:
+    """Write items.jsonl, table.md, chart.png and summary.json into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "items.jsonl"), "w", encoding="utf-8") as handle:
+        for item in items:
+            handle.write(json.dumps(item | {"isolation_level": meta["isolation_level"]}) + "\n")
+    rows = scoring.accuracy_table(items)
+    with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as handle:
+        handle.write(scoring.markdown_table(rows))
+    scoring.write_chart(rows, os.path.join(out_dir, "chart.png"))
+    verdicts = collections.Counter(i.get("verdict", "cot") for i in items)
+    summary = meta | {"rows": [dataclasses.asdict(r) for r in rows], "verdicts": dict(verdicts)}
+    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    return rows
