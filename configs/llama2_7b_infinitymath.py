@@ -19,7 +19,9 @@ BATCH = 128
 
 def get_config():
     c = base_config()
-    c.init.hf_dir = "data/hf/Llama-2-7b-hf"  # user-downloaded transformers directory (with tokenizer.model)
+    c.init.hf_dir = (
+        "data/hf/Llama-2-7b-hf"  # user-downloaded transformers directory (with tokenizer.model)
+    )
     c.model.compute_dtype = "bfloat16"
     c.model.param_dtype = "float32"
     c.model.remat_policy = "save_dots_no_batch"
