@@ -6,6 +6,10 @@
 #   ./launch.sh test [ARGS]     lint (ruff) and the test suite; ARGS go to pytest
 #   ./launch.sh import  ARGS    python -m tpu_train.import_hf ARGS
 #   ./launch.sh export  ARGS    python -m tpu_train.export_hf ARGS
+#   ./launch.sh train   ARGS    python -m tpu_train.train ARGS
+#   ./launch.sh tpu     ARGS    train on a Cloud TPU VM slice (tpu_train/launch/tpu_vm.py; --dry_run prints)
+#   ./launch.sh sweep FILE ...  run configs/sweeps/FILE's runs one after another and tabulate them
+#   ./launch.sh bench           run the benchmarks and write bench/results.md
 #   ./launch.sh python  ARGS    python inside the project's virtualenv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -56,6 +60,22 @@ case "$cmd" in
   export)
     ensure_env test
     exec "$VENV/bin/python" -m tpu_train.export_hf "$@"
+    ;;
+  train)
+    ensure_env test
+    exec "$VENV/bin/python" -m tpu_train.train "$@"
+    ;;
+  tpu)
+    ensure_env test
+    exec "$VENV/bin/python" -m tpu_train.launch.tpu_vm "$@"
+    ;;
+  sweep)
+    ensure_env test
+    exec "$VENV/bin/python" -m tpu_train.launch.sweep "$@"
+    ;;
+  bench)
+    ensure_env test
+    exec "$VENV/bin/python" bench/run_all.py "$@"
     ;;
   python)
     ensure_env test
