@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 from tpu_train.model.config import LlamaConfig
 
@@ -25,22 +26,28 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
 
+def workdir_path(workdir: str | Path) -> epath.Path:
+    """A workdir as a path object that also understands Cloud Storage (gs://...) paths."""
+    path = epath.Path(workdir)
+    return path if str(workdir).startswith("gs://") else epath.Path(Path(workdir).absolute())
+
+
 def manager(workdir: str | Path, **options) -> ocp.CheckpointManager:
     """A CheckpointManager over W/checkpoints (`options`: CheckpointManagerOptions fields)."""
     return ocp.CheckpointManager(
-        Path(workdir).absolute() / CHECKPOINT_DIR,
+        workdir_path(workdir) / CHECKPOINT_DIR,
         options=ocp.CheckpointManagerOptions(create=True, **options),
     )
 
 
 def write_model_config(workdir: str | Path, cfg: LlamaConfig) -> None:
-    path = Path(workdir) / MODEL_CONFIG_FILE
+    path = workdir_path(workdir) / MODEL_CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
 def read_model_config(workdir: str | Path) -> LlamaConfig:
-    path = Path(workdir) / MODEL_CONFIG_FILE
+    path = workdir_path(workdir) / MODEL_CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no model config; is {workdir} a tpu_train workdir?")
     try:
@@ -58,7 +65,7 @@ def save_params(workdir: str | Path, step: int, params: dict, cfg: LlamaConfig) 
 
 
 def latest_step(workdir: str | Path) -> int | None:
-    if not (Path(workdir) / CHECKPOINT_DIR).exists():
+    if not (workdir_path(workdir) / CHECKPOINT_DIR).exists():
         return None
     with manager(workdir) as mngr:
         return mngr.latest_step()
@@ -69,7 +76,9 @@ def restore_params(workdir: str | Path, target: dict, step: int | None = None) -
     (e.g. `tpu_train.model.params.canonical_abstract`). Returns (params, step)."""
     step = latest_step(workdir) if step is None else step
     if step is None:
-        raise FileNotFoundError(f"{Path(workdir) / CHECKPOINT_DIR}: no checkpoint to restore")
+        raise FileNotFoundError(
+            f"{workdir_path(workdir) / CHECKPOINT_DIR}: no checkpoint to restore"
+        )
     with manager(workdir) as mngr:
         if step not in mngr.all_steps():
             raise FileNotFoundError(

@@ -84,7 +84,9 @@ def import_hf(
     checkpoint.save_params(workdir, 0, params, cfg)
     tokenizer = hf_dir / checkpoint.TOKENIZER_FILE
     if tokenizer.exists():
-        shutil.copyfile(tokenizer, workdir / checkpoint.TOKENIZER_FILE)
+        (checkpoint.workdir_path(workdir) / checkpoint.TOKENIZER_FILE).write_bytes(
+            tokenizer.read_bytes()
+        )
     return cfg
 
 
@@ -146,16 +148,21 @@ def export_hf(
     Returns (step, files written)."""
     cfg = checkpoint.read_model_config(workdir)
     params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None), step)
-    tokenizer = Path(workdir) / checkpoint.TOKENIZER_FILE
-    files = export_params(
-        params,
-        cfg,
-        out_dir,
-        dtype=dtype or cfg.param_dtype,
-        tokenizer_model=tokenizer if tokenizer.exists() else None,
-        max_shard_bytes=max_shard_bytes,
-        overwrite=overwrite,
-    )
+    tokenizer = checkpoint.workdir_path(workdir) / checkpoint.TOKENIZER_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        local_tokenizer = None
+        if tokenizer.exists():  # sentencepiece reads local files only; the workdir may be on gs://
+            local_tokenizer = Path(tmp) / checkpoint.TOKENIZER_FILE
+            local_tokenizer.write_bytes(tokenizer.read_bytes())
+        files = export_params(
+            params,
+            cfg,
+            out_dir,
+            dtype=dtype or cfg.param_dtype,
+            tokenizer_model=local_tokenizer,
+            max_shard_bytes=max_shard_bytes,
+            overwrite=overwrite,
+        )
     return step, files
 
 

@@ -12,22 +12,20 @@ mid-save leaves no step that restores half-written; the next start finds the las
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import orbax.checkpoint as ocp
 
-from tpu_train.checkpoint import CHECKPOINT_DIR
+from tpu_train.checkpoint import CHECKPOINT_DIR, workdir_path
 from tpu_train.training.step import TrainState
 
 
 class TrainCheckpointer:
     def __init__(
-        self, workdir: str | Path, every_steps: int, keep: int, keep_every: int, async_save: bool
+        self, workdir: str, every_steps: int, keep: int, keep_every: int, async_save: bool
     ):
         self.every_steps = every_steps
         self.manager = ocp.CheckpointManager(
-            Path(workdir).absolute() / CHECKPOINT_DIR,
+            workdir_path(workdir) / CHECKPOINT_DIR,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep or None,
                 keep_period=keep_every or None,

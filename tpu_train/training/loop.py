@@ -14,12 +14,12 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from clu import metric_writers
+from etils import epath
 
 from tpu_train import checkpoint
 from tpu_train.interop.hf import import_hf, read_hf_config
@@ -50,7 +50,7 @@ class _Preemption:
         self.requested = True
 
 
-def model_config(config: ml_collections.ConfigDict, workdir: Path) -> LlamaConfig:
+def model_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> LlamaConfig:
     """The architecture comes from the workdir (a resumed or imported run) or the HF dir to import, else
     from the preset; the config's runtime fields apply on top."""
     runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
@@ -72,9 +72,9 @@ def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
     )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) training to `config.train.num_steps`; returns the last logged metrics."""
-    workdir = Path(workdir)
+    workdir = checkpoint.workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from tpu_train.model.config import LlamaConfig
 
@@ -78,15 +78,21 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 class JsonlWriter:
-    """Appends one JSON object per logged step to a file (easy to plot and to compare across runs)."""
+    """One JSON object per logged step in a file (easy to plot and to compare across runs).
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    The file is rewritten whole on each write, since Cloud Storage objects cannot be appended to; logging
+    happens every few steps, so this stays cheap."""
+
+    def __init__(self, path: epath.PathLike):
+        self.path = epath.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **{k: _plain(v) for k, v in values.items()}}) + "\n")
+        self._lines.append(
+            json.dumps({"step": step, **{k: _plain(v) for k, v in values.items()}}) + "\n"
+        )
+        self.path.write_text("".join(self._lines))
 
 
 def _plain(value) -> float | int:
