@@ -9,6 +9,7 @@ from tpu_train.training.base_config import base_config
 def get_config():
     config = base_config()
     config.model.preset = "tiny"
+    config.model.overrides.vocab_size = 4096  # the shipped tokenizer (data/tokenizer.model)
     config.model.compute_dtype = "float32"
     config.data.seq_len = 128
     config.data.feature_lengths = dict(inputs=64, targets=64)

@@ -154,7 +154,12 @@ def test_config_errors_say_what_to_change(change, message):
     config = tiny_config()
     change(config)
     with pytest.raises(ConfigError, match=message):
-        check_config(config, get_preset("tiny"), num_devices=8, process_count=1)
+        check_config(config, get_preset("tiny", vocab_size=4096), num_devices=8, process_count=1)
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_caught():
+    with pytest.raises(ConfigError, match="has 4096 pieces but the model's vocab_size is 512"):
+        check_config(tiny_config(), get_preset("tiny"), num_devices=8, process_count=1)
 
 
 def test_two_processes_train_checkpoint_and_resume(tmp_path):

@@ -63,15 +63,21 @@ def get_dataset(
     shuffle: bool = True,
     num_epochs: int | None = None,
     pack: bool = True,
+    feature_lengths: Mapping[str, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of model features for a registered task or mixture (tasks must be registered).
 
     `batch_size` is per host; `shard_info` defaults to `host_shard_info()`. With `num_epochs=None`
-    the data repeats forever.
+    the data repeats forever. `feature_lengths` ({"inputs", "targets"}, summing to
+    `sequence_length`) overrides the even prompt/response split. The order is deterministic for a
+    seed, so skipping the first n batches resumes exactly.
     """
+    lengths = dict(feature_lengths) if feature_lengths else task_feature_lengths(sequence_length)
+    if sum(lengths.values()) != sequence_length:
+        raise ValueError(f"feature lengths {lengths} must sum to sequence_length={sequence_length}")
     ds = seqio.get_dataset(
         name,
-        task_feature_lengths=task_feature_lengths(sequence_length),
+        task_feature_lengths=lengths,
         feature_converter=feature_converter(pack),
         dataset_split=split,
         shuffle=shuffle,
@@ -80,7 +86,11 @@ def get_dataset(
         seed=seed,
         verbose=False,
     )
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return (
+        ds.with_options(options).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def packing_stats(batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:

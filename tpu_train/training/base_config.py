@@ -35,15 +35,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.rules = ()  # ((logical, mesh axes), ...) replacing entries of tpu_train.sharding.DEFAULT_RULES
 
     c.data = ml_collections.ConfigDict()
-    c.data.mixture = ""  # SeqIO task or mixture name
-    c.data.registry_modules = ("tpu_train.data.tasks",)  # imported to register tasks and mixtures
+    c.data.mixture = (
+        "gsm8k_pot_mix"  # SeqIO task or mixture (tpu_train.data.tasks lists the built-in ones)
+    )
+    c.data.tokenizer = "data/tokenizer.model"  # sentencepiece model the tasks tokenize with
+    c.data.manual_dir = ""  # user downloads (infinitymath.jsonl, MathInstruct.json); "" = data/
+    c.data.registry_modules = ()  # extra modules imported to register more tasks and mixtures
     c.data.split = "train"
     c.data.seq_len = 512
-    c.data.feature_lengths = ml_collections.ConfigDict(dict(inputs=256, targets=256))
-    c.data.converter = "prefix_lm"  # prefix_lm (loss on targets only) | decoder
+    # Prompt / response trim lengths; they pack into rows of seq_len = inputs + targets. Loss covers the
+    # response + EOS only (SeqIO's prefix-LM converter).
+    c.data.feature_lengths = ml_collections.ConfigDict(dict(inputs=192, targets=320))
     c.data.pack = True
     c.data.shuffle = True
-    c.data.tokenizer = ""  # checked to exist before compiling, when set
     c.data.files = ml_collections.ConfigDict()  # name -> path, each checked to exist
 
     c.optimizer = ml_collections.ConfigDict()

@@ -49,22 +49,29 @@ def check_config(
         )
     lengths = dict(config.data.feature_lengths)
     row = lengths.get("inputs", 0) + lengths.get("targets", 0)
-    if config.data.converter == "decoder":
-        row = lengths.get("targets", 0)
     if row != seq_len:
         raise ConfigError(
-            f"data.feature_lengths={lengths} give {config.data.converter} rows of {row} tokens but "
-            f"data.seq_len={seq_len}; make them agree (prefix_lm: inputs + targets = seq_len)"
+            f"data.feature_lengths={lengths} pack into rows of {row} tokens but data.seq_len={seq_len}; "
+            "make inputs + targets = seq_len"
         )
     if model_cfg.attention == "splash" and seq_len % 128:
         raise ConfigError(
             f"data.seq_len={seq_len} must be a multiple of 128 with model.attention=splash"
         )
-    required = {"data.tokenizer": config.data.get("tokenizer")}
+    required = {"data.tokenizer": config.data.tokenizer, "data.manual_dir": config.data.manual_dir}
     required.update({f"data.files.{k}": v for k, v in config.data.get("files", {}).items()})
     for field, path in required.items():
         if path and not Path(path).exists():
             raise ConfigError(f"{field}: {path} does not exist")
+    if config.data.tokenizer and Path(config.data.tokenizer).exists():
+        import sentencepiece as spm
+
+        pieces = spm.SentencePieceProcessor(model_file=str(config.data.tokenizer)).get_piece_size()
+        if pieces > model_cfg.vocab_size:
+            raise ConfigError(
+                f"data.tokenizer {config.data.tokenizer} has {pieces} pieces but the model's vocab_size is "
+                f"{model_cfg.vocab_size}; set model.overrides.vocab_size >= {pieces} or use a matching tokenizer"
+            )
     if config.train.nan_policy not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy={config.train.nan_policy!r}; choose 'stop' or 'skip'")
     return mesh

@@ -1,4 +1,4 @@
-"""Training batches from a SeqIO task or mixture, sharded per host, resumable by step.
+"""Training batches for the loop: `tpu_train.data.pipeline` batches, sharded per host, resumable by step.
 
 The input order is a pure function of (data config, seed, process count, step): each host reads shard
 `process_index` of `process_count` (`seqio.ShardInfo`), shuffles with the run's seed, repeats forever and
@@ -22,19 +22,18 @@ import numpy as np
 
 from tpu_train.training.step import BATCH_KEYS
 
-CONVERTERS = ("decoder", "prefix_lm")
 
+def register(data_cfg: ml_collections.ConfigDict) -> None:
+    """Registers the SeqIO tasks and mixtures the config names: the project's tasks with the config's
+    tokenizer and manual directory, then any extra `registry_modules`."""
+    from tpu_train.data import tasks
 
-def feature_converter(name: str, pack: bool):
-    import seqio
-
-    if name == "decoder":
-        return seqio.DecoderFeatureConverter(pack=pack)
-    if name == "prefix_lm":
-        # Loss on the targets (response + EOS) only; our model is causal over the whole row, so the
-        # converter's bidirectional-prefix feature (decoder_causal_attention) is ignored.
-        return seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True)
-    raise ValueError(f"data.converter={name!r}; choose one of {CONVERTERS}")
+    tasks.register_tasks(
+        vocab_path=data_cfg.tokenizer or tasks.DEFAULT_TOKENIZER,
+        manual_dir=data_cfg.manual_dir or None,
+    )
+    for module in data_cfg.registry_modules:
+        importlib.import_module(module)
 
 
 def global_batches(
@@ -50,27 +49,24 @@ def global_batches(
     import seqio
     import tensorflow as tf
 
+    from tpu_train.data import pipeline
+
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerators for JAX
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    for module in data_cfg.registry_modules:
-        importlib.import_module(module)  # registers the SeqIO tasks and mixtures
-    ds = seqio.get_dataset(
+    register(data_cfg)
+    ds = pipeline.get_dataset(
         data_cfg.mixture,
-        task_feature_lengths=dict(data_cfg.feature_lengths),
-        feature_converter=feature_converter(data_cfg.converter, data_cfg.pack),
-        dataset_split=data_cfg.split,
-        shuffle=data_cfg.shuffle,
-        num_epochs=None,
+        sequence_length=data_cfg.seq_len,
+        batch_size=global_batch // process_count,
+        split=data_cfg.split,
         shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
         seed=seed,
-        verbose=False,
+        shuffle=data_cfg.shuffle,
+        pack=data_cfg.pack,
+        feature_lengths=dict(data_cfg.feature_lengths),
     )
-    options = tf.data.Options()
-    options.deterministic = True
-    ds = ds.with_options(options)
-    ds = ds.batch(global_batch // process_count, drop_remainder=True).skip(start_step).prefetch(2)
-    for batch in ds.as_numpy_iterator():
+    for batch in ds.skip(start_step).as_numpy_iterator():
         yield with_packing_features(batch)
 
 
