@@ -2,7 +2,8 @@
 # tpu_train entry point. Each command creates or refreshes the virtualenv in .venv first, so on a fresh
 # machine it is the only command needed.
 #
-#   ./launch.sh                 the main job on the embedded default (CPU)
+#   ./launch.sh [--fresh]       the main job: the embedded default end to end (CPU, shipped data)
+#   ./launch.sh roundtrip       import a random HF Llama, compare with transformers, export it back
 #   ./launch.sh test [ARGS]     lint (ruff) and the test suite; ARGS go to pytest
 #   ./launch.sh import  ARGS    python -m tpu_train.import_hf ARGS
 #   ./launch.sh export  ARGS    python -m tpu_train.export_hf ARGS
@@ -17,8 +18,9 @@ cd "$(dirname "$0")"
 VENV=.venv
 PYTHON_BIN=${PYTHON:-python3}
 
-# Installs the project (editable) with the given extras unless the same pyproject.toml and extras were
-# installed already; the stamp makes repeated runs take a second.
+# Installs the project (editable) with the given extras ("" = runtime only, "test" = + torch, transformers,
+# pytest, ruff) unless this pyproject.toml was installed already with them (any extras cover ""); the
+# stamp makes repeated runs take a second.
 ensure_env() {
   local extras=$1
   if [ ! -x "$VENV/bin/python" ]; then
@@ -27,14 +29,18 @@ ensure_env() {
     "$PYTHON_BIN" -m venv "$VENV"
   fi
   local stamp="$VENV/.tpu_train-installed"
-  local want
-  want="$(sha256sum pyproject.toml | cut -c1-16) [$extras]"
-  if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
-    echo "[launch] installing tpu_train[$extras] into $VENV (a few minutes on a fresh machine)" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
-    echo "$want" >>"$stamp"
+  local hash want target
+  hash=$(sha256sum pyproject.toml | cut -c1-16)
+  want="$hash [$extras]"
+  target="."
+  [ -n "$extras" ] && target=".[$extras]"
+  if [ -f "$stamp" ] && { grep -qxF -- "$want" "$stamp" || { [ -z "$extras" ] && grep -q "^$hash " "$stamp"; }; }; then
+    return
   fi
+  echo "[launch] installing tpu_train${extras:+[$extras]} into $VENV (a few minutes on a fresh machine)" >&2
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$target"
+  echo "$want" >>"$stamp"
 }
 
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
@@ -43,7 +49,12 @@ cmd=${1:-main}
 
 case "$cmd" in
   main)
-    # Until training lands, the main job is the Hugging Face round trip (it needs transformers: test extras).
+    # The embedded default: program data -> training -> sandboxed evaluation -> HF export (CPU, shipped data).
+    ensure_env ""
+    exec "$VENV/bin/python" -m tpu_train.embedded "$@"
+    ;;
+  roundtrip)
+    # Hugging Face round trip against transformers (needs the test extras).
     ensure_env test
     exec "$VENV/bin/python" -m tpu_train.interop.roundtrip "$@"
     ;;
@@ -54,23 +65,23 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   import)
-    ensure_env test
+    ensure_env ""
     exec "$VENV/bin/python" -m tpu_train.import_hf "$@"
     ;;
   export)
-    ensure_env test
+    ensure_env ""
     exec "$VENV/bin/python" -m tpu_train.export_hf "$@"
     ;;
   train)
-    ensure_env test
+    ensure_env ""
     exec "$VENV/bin/python" -m tpu_train.train "$@"
     ;;
   tpu)
-    ensure_env test
+    ensure_env ""
     exec "$VENV/bin/python" -m tpu_train.launch.tpu_vm "$@"
     ;;
   sweep)
-    ensure_env test
+    ensure_env ""
     exec "$VENV/bin/python" -m tpu_train.launch.sweep "$@"
     ;;
   bench)
@@ -78,7 +89,7 @@ case "$cmd" in
     exec "$VENV/bin/python" bench/run_all.py "$@"
     ;;
   python)
-    ensure_env test
+    ensure_env ""
     exec "$VENV/bin/python" "$@"
     ;;
   *)

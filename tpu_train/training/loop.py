@@ -102,6 +102,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             overrides={k: getattr(model_cfg, k) for k in RUNTIME_MODEL_FIELDS},
         )
     checkpoint.write_model_config(workdir, model_cfg)
+    tokenizer = workdir / checkpoint.TOKENIZER_FILE
+    if config.data.tokenizer and not tokenizer.exists() and not config.init.hf_dir:
+        # Sampling and export read the tokenizer from the workdir, beside the weights it belongs to.
+        tokenizer.write_bytes(epath.Path(config.data.tokenizer).read_bytes())
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     abstract_params = canonical_abstract(model_cfg, sharder)

@@ -1,0 +1,71 @@
+"""Step 1 of the embedded default: GSM8K problems -> verified programs -> number variants.
+
+A deterministic slice of the shipped GSM8K train set is converted to InfinityMATH-format programs (each
+checked in the sandbox against the gold), and every kept program is repopulated with new numbers. The
+variants of each problem are split: the first `train_variants` join the training data with the original,
+the rest are *held out*: same problem, numbers the model never saw. Accuracy on them is InfinityMATH's
+robustness claim, measured live.
+
+    data/train_programs.jsonl     originals + training variants (InfinityMATH layout)
+    data/heldout_variants.jsonl   held-out variants (InfinityMATH layout; gen_answer is the gold)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+from tpu_train.data.gsm8k_to_programs import convert as convert_gsm8k
+from tpu_train.data.gsm8k_to_programs import read_gsm8k
+from tpu_train.data.records import ProgramRecord, write_jsonl
+from tpu_train.data.repopulate import repopulate
+from tpu_train.data.sources import SHIPPED_DIR
+from tpu_train.evaluation.executor import Executor, ExecutorConfig
+
+TRAIN_FILE = "train_programs.jsonl"
+HELDOUT_FILE = "heldout_variants.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramData:
+    directory: Path
+    problems: int  # GSM8K problems read
+    kept: int  # with a verified program
+    train_records: int  # originals + training variants
+    heldout: list[ProgramRecord]  # held-out variants, one problem may have several
+
+
+def build(
+    out_dir: Path,
+    *,
+    num_problems: int,
+    variants: int,
+    train_variants: int,
+    seed: int,
+    gsm8k_train: Path = SHIPPED_DIR / "gsm8k" / "gsm8k_train.jsonl",
+) -> ProgramData:
+    """Converts a seeded random slice of `num_problems` GSM8K train problems and splits their variants."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = read_gsm8k(gsm8k_train)
+    items = random.Random(seed).sample(items, min(num_problems, len(items)))
+    with Executor(ExecutorConfig(workers=2, timeout_s=5.0)) as executor:
+        report = convert_gsm8k(items, executor, progress=True)
+        stream, _ = repopulate(
+            report.records, executor, variants, seed, progress_total=len(report.records)
+        )
+        by_problem: dict[str, list[ProgramRecord]] = {}
+        for variant in stream:
+            by_problem.setdefault(variant.id.rsplit("/v", 1)[0], []).append(variant)
+    train, heldout = [], []
+    for record in report.records:
+        own = by_problem.get(record.id, [])
+        train.append(record)
+        train.extend(own[:train_variants])
+        heldout.extend(own[train_variants:])
+    # A variant that happens to repeat a training question (same numbers drawn) is not held out.
+    seen = {r.original_problem for r in train}
+    heldout = [r for r in heldout if r.original_problem not in seen]
+    write_jsonl(out_dir / TRAIN_FILE, train)
+    write_jsonl(out_dir / HELDOUT_FILE, heldout)
+    return ProgramData(out_dir, len(items), len(report.records), len(train), heldout)
