@@ -194,3 +194,30 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     assert "resumed from" in second[0]
     _, step = final_params(tmp_path)
     assert step == 6
+
+
+@pytest.mark.parametrize(
+    "name, preset, steps",
+    [("llama2_7b_infinitymath", "llama2_7b", 2379), ("codellama_7b_hybrid", "codellama_7b", 8520)],
+)
+def test_published_recipes_check_out_but_for_the_users_checkpoint(name, preset, steps):
+    import importlib.util
+
+    from train_helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert (config.optimizer.learning_rate, config.optimizer.warmup_fraction) == (2e-5, 0.03)
+    assert (config.train.batch_size, config.train.num_steps, config.optimizer.weight_decay) == (
+        128,
+        steps,
+        0,
+    )
+    assert config.model.compute_dtype == "bfloat16" and config.optimizer.schedule == "cosine"
+    # On a 64-chip slice with 8 hosts everything checks out except the checkpoint the user downloads.
+    with pytest.raises(
+        ConfigError, match=r"data.tokenizer: data/hf/.*/tokenizer.model does not exist"
+    ):
+        check_config(config, get_preset(preset), num_devices=64, process_count=8)

@@ -79,3 +79,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_every = 0  # ...plus every M-th step (0: none)
     c.checkpoint.async_save = True
     return c
+
+
+def published_recipe(records: int, hf_dir: str, mixture: str) -> ml_collections.ConfigDict:
+    """The InfinityMATH / MAmmoTH fine-tuning recipe: full fine-tune of an imported checkpoint, lr 2e-5,
+    3 epochs, cosine schedule, 3% warm-up, weight decay 0, global batch 128, bf16 compute over fp32 master
+    weights. Rows are not packed (one example per row, as the recipe trained), so an epoch of `records`
+    examples is ceil(records / 128) steps."""
+    import math
+
+    c = base_config()
+    c.init.hf_dir = hf_dir  # user-downloaded transformers directory (with tokenizer.model)
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "bfloat16"
+    c.model.remat_policy = "save_dots_no_batch"
+    c.model.attention = "splash"
+    c.data.mixture = mixture
+    c.data.tokenizer = f"{hf_dir}/tokenizer.model"
+    c.data.seq_len = 1024
+    c.data.feature_lengths = dict(inputs=512, targets=512)
+    c.data.pack = False
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.schedule = "cosine"
+    c.optimizer.warmup_fraction = 0.03
+    c.optimizer.weight_decay = 0.0
+    c.train.batch_size = 128
+    c.train.num_steps = 3 * math.ceil(records / 128)
+    c.checkpoint.every_steps = 200
+    c.checkpoint.keep = 2
+    return c
