@@ -50,9 +50,13 @@ def get_config():
 
     # Read only by the embedded runner (tpu_train/embedded/run.py).
     c.embedded = ml_collections.ConfigDict()
-    c.embedded.num_problems = 120  # GSM8K train problems turned into programs
-    c.embedded.variants = 6  # number variants drawn per program
-    c.embedded.train_variants = 4  # of which the model trains on the first 4; the rest are held out
+    c.embedded.num_problems = 80  # GSM8K train problems turned into programs
+    c.embedded.variants = (
+        16  # number variants drawn per program (fewer where constraints allow fewer)
+    )
+    c.embedded.heldout_per_problem = (
+        2  # the last 2 variants of a problem with more than 2 are held out
+    )
     c.embedded.cot_rate = 0.05  # share of GSM8K chain-of-thought examples mixed into training
     c.embedded.gsm8k_test_items = 50  # GSM8K test problems evaluated (PoT)
     c.embedded.max_new_tokens = 320

@@ -19,7 +19,7 @@ def test_embedded_default_runs_end_to_end(tmp_path):
     cmd = [
         sys.executable, "-m", "tpu_train.embedded", f"--workdir={tmp_path / 'run'}",
         "--config.embedded.num_problems=12", "--config.embedded.variants=3",
-        "--config.embedded.train_variants=2", "--config.embedded.gsm8k_test_items=3",
+        "--config.embedded.heldout_per_problem=1", "--config.embedded.gsm8k_test_items=3",
         "--config.embedded.max_new_tokens=24", "--config.train.num_steps=4", "--config.train.log_every=2",
         "--config.checkpoint.every_steps=0",
     ]  # fmt: skip

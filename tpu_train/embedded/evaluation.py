@@ -41,10 +41,14 @@ def sample_programs(workdir: Path, questions: Sequence[str], max_new_tokens: int
 
 
 def evaluate(
-    workdir: Path, heldout: Sequence[ProgramRecord], gsm8k_items: int, max_new_tokens: int
+    workdir: Path,
+    out: Path,
+    heldout: Sequence[ProgramRecord],
+    gsm8k_items: int,
+    max_new_tokens: int,
 ) -> tuple[list[dict], list[scoring.TableRow]]:
-    """Samples, executes and grades both sets; writes W/eval/{items.jsonl, table.md, chart.png,
-    summary.json}. Returns (items, table rows)."""
+    """Samples from the latest checkpoint in `workdir`, executes and grades both sets; writes
+    out/{items.jsonl, table.md, chart.png, summary.json}. Returns (items, table rows)."""
     tests = list(benchmarks.load("gsm8k"))[:gsm8k_items]
     cases = [(HELDOUT, r.id, r.original_problem, str(r.gen_answer), "number") for r in heldout]
     cases += [(t.dataset, t.id, t.question, t.gold, t.answer_type) for t in tests]
@@ -72,7 +76,6 @@ def evaluate(
         for mode in grader.MODES:
             item[mode] = grader.grade(run.answer, gold, answer_type, mode=mode, dataset=dataset)
         items.append(item)
-    out = workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "items.jsonl", "w") as f:
         for item in items:

@@ -2,9 +2,10 @@
 
 A deterministic slice of the shipped GSM8K train set is converted to InfinityMATH-format programs (each
 checked in the sandbox against the gold), and every kept program is repopulated with new numbers. The
-variants of each problem are split: the first `train_variants` join the training data with the original,
-the rest are *held out*: same problem, numbers the model never saw. Accuracy on them is InfinityMATH's
-robustness claim, measured live.
+variants of each problem are split: the last `heldout_per_problem` are *held out* (same problem, numbers
+the model never saw), the others join the training data with the original. Many variants per problem are
+what teaches a model to copy numbers from the question rather than recall a memorised program; accuracy on
+the held-out ones is InfinityMATH's robustness claim, measured live.
 
     data/train_programs.jsonl     originals + training variants (InfinityMATH layout)
     data/heldout_variants.jsonl   held-out variants (InfinityMATH layout; gen_answer is the gold)
@@ -41,7 +42,7 @@ def build(
     *,
     num_problems: int,
     variants: int,
-    train_variants: int,
+    heldout_per_problem: int,
     seed: int,
     gsm8k_train: Path = SHIPPED_DIR / "gsm8k" / "gsm8k_train.jsonl",
 ) -> ProgramData:
@@ -60,9 +61,12 @@ def build(
     train, heldout = [], []
     for record in report.records:
         own = by_problem.get(record.id, [])
+        keep = (
+            max(len(own) - heldout_per_problem, 0) if len(own) > heldout_per_problem else len(own)
+        )
         train.append(record)
-        train.extend(own[:train_variants])
-        heldout.extend(own[train_variants:])
+        train.extend(own[:keep])
+        heldout.extend(own[keep:])
     # A variant that happens to repeat a training question (same numbers drawn) is not held out.
     seen = {r.original_problem for r in train}
     heldout = [r for r in heldout if r.original_problem not in seen]

@@ -52,14 +52,13 @@ def run(config, workdir: Path) -> dict:
         workdir / "data",
         num_problems=cfg.num_problems,
         variants=cfg.variants,
-        train_variants=cfg.train_variants,
+        heldout_per_problem=cfg.heldout_per_problem,
         seed=config.seed,
     )
     heldout_problems = len({r.id.rsplit("/v", 1)[0] for r in data.heldout})
     print(
         f"      {data.kept}/{data.problems} problems verified; {data.train_records} training programs "
-        f"(originals + {cfg.train_variants} variants each); {len(data.heldout)} held-out variants of "
-        f"{heldout_problems} problems"
+        f"(originals + their variants); {len(data.heldout)} held-out variants of {heldout_problems} problems"
     )
 
     step(f"train: {config.train.num_steps} steps on {config.data.mixture}")
@@ -67,7 +66,9 @@ def run(config, workdir: Path) -> dict:
     final = train(config, str(workdir / "model"))
 
     step("sample + grade: held-out variants and GSM8K test (PoT, greedy)")
-    _, rows = evaluate(workdir / "model", data.heldout, cfg.gsm8k_test_items, cfg.max_new_tokens)
+    _, rows = evaluate(
+        workdir / "model", workdir / "eval", data.heldout, cfg.gsm8k_test_items, cfg.max_new_tokens
+    )
 
     step("export: Hugging Face Llama directory")
     _, files = export_hf(workdir / "model", workdir / "hf", overwrite=True)
