@@ -1,0 +1,233 @@
+"""Training throughput: our jitted train step against transformers + torch AdamW, side by side.
+
+    python bench/bench_train.py [--repeats=5] [--markdown]
+
+Both sides train the same Llama shape (hidden 512, 8 layers, 8 heads, MLP 1376, vocab 32000: about 58M
+parameters) on the same batch (8 x 512 tokens) with AdamW, in float32:
+
+* ours: `tpu_train.training.step.make_train_step` (the step the trainer runs) under `jax.jit`, with the
+  state donated, compute dtype float32;
+* torch: `transformers.LlamaForCausalLM` (eager, SDPA attention) + `torch.optim.AdamW`, float32;
+* torch bf16: the same under `torch.autocast("cpu", bfloat16)`, reported beside it (oneDNN uses the
+  CPU's bf16 matrix units; XLA:CPU has no fast bf16 matmul, so this is not the like-for-like figure).
+
+Repetitions are interleaved (ours, torch, torch bf16, ours, ...) so a burst of load from other jobs hits
+every side alike; each side reports its best repetition (and the median). MFU uses the FLOP formula of
+`tpu_train.training.metrics.flops_per_token` against the float32 peak of a large jitted matmul measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tpu_train.model.config import LlamaConfig
+from tpu_train.model.params import canonical_params, init_model
+from tpu_train.training import metrics
+from tpu_train.training.step import TrainState, make_train_step
+
+SHAPE = dict(
+    vocab_size=32_000,
+    hidden_size=512,
+    intermediate_size=1376,
+    num_layers=8,
+    num_heads=8,
+    num_kv_heads=8,
+    max_seq_len=512,
+)
+LR, BETAS, EPS, WEIGHT_DECAY = 1e-4, (0.9, 0.95), 1e-8, 0.0
+
+
+def model_config(remat: str = "none") -> LlamaConfig:
+    return LlamaConfig(**SHAPE, compute_dtype="float32", remat_policy=remat)
+
+
+def make_batch(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, SHAPE["vocab_size"], size=(batch, seq + 1), dtype=np.int32)
+    return {
+        "decoder_input_tokens": tokens[:, :-1],
+        "decoder_target_tokens": tokens[:, 1:],
+        "decoder_loss_weights": np.ones((batch, seq), np.int32),
+        "decoder_segment_ids": np.ones((batch, seq), np.int32),
+        "decoder_positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
+    }
+
+
+class OursRunner:
+    """Our train step, jitted with the state donated (as the trainer runs it)."""
+
+    def __init__(self, cfg: LlamaConfig, batch: dict[str, np.ndarray]):
+        tx = optax.adamw(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY)
+        params = canonical_params(init_model(cfg, seed=0))
+        self.state = TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
+        )
+        self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        self.step = jax.jit(make_train_step(cfg, None, tx), donate_argnums=(0,))
+        start = time.perf_counter()
+        self.compiled = self.step.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - start
+        self.loss = float("nan")
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.state, out = self.compiled(self.state, self.batch)
+        self.loss = float(out["loss"])  # blocks until the step is done
+        return time.perf_counter() - start
+
+
+class TorchRunner:
+    """transformers LlamaForCausalLM + torch AdamW, eager; optional bf16 autocast."""
+
+    def __init__(self, batch: dict[str, np.ndarray], bf16: bool):
+        import torch
+        from transformers import LlamaConfig as HFConfig
+        from transformers import LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = HFConfig(
+            vocab_size=SHAPE["vocab_size"],
+            hidden_size=SHAPE["hidden_size"],
+            intermediate_size=SHAPE["intermediate_size"],
+            num_hidden_layers=SHAPE["num_layers"],
+            num_attention_heads=SHAPE["num_heads"],
+            num_key_value_heads=SHAPE["num_kv_heads"],
+            max_position_embeddings=SHAPE["max_seq_len"],
+            tie_word_embeddings=False,
+        )
+        self.torch, self.bf16 = torch, bf16
+        self.model = LlamaForCausalLM(config).to(torch.float32).train()
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY
+        )
+        self.inputs = torch.from_numpy(batch["decoder_input_tokens"].astype(np.int64))
+        self.labels = torch.from_numpy(batch["decoder_target_tokens"].astype(np.int64))
+        self.loss = float("nan")
+
+    def _loss(self):
+        torch = self.torch
+        logits = self.model(input_ids=self.inputs, use_cache=False).logits
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), self.labels.reshape(-1)
+        )
+
+    def __call__(self) -> float:
+        torch = self.torch
+        start = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        if self.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = self._loss()
+        else:
+            loss = self._loss()
+        loss.backward()
+        self.opt.step()
+        self.loss = float(loss)
+        return time.perf_counter() - start
+
+
+def run(
+    repeats: int = 5, batch: int = 8, seq: int = 512, bf16: bool = True, remat: str = "none"
+) -> dict:
+    cfg = model_config(remat)
+    data = make_batch(batch, seq)
+    tokens = batch * seq
+    peak = metrics.measure_matmul_peak(n=2048, repeats=5)
+    ours = OursRunner(cfg, data)
+    runners = {"ours": ours, "torch_fp32": TorchRunner(data, bf16=False)}
+    if bf16:
+        runners["torch_bf16"] = TorchRunner(data, bf16=True)
+    for runner in runners.values():  # warm-up (first-step allocations, oneDNN kernel selection)
+        runner()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            times[name].append(runner())
+    peak = max(peak, metrics.measure_matmul_peak(n=2048, repeats=5))  # best of before and after
+    flops_token = metrics.flops_per_token(cfg, seq)
+    result = {
+        "params": cfg.num_params(),
+        "tokens_per_step": tokens,
+        "flops_per_token": flops_token,
+        "peak_flops": peak,
+        "compile_s": ours.compile_s,
+        "repeats": repeats,
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg()[0],
+    }
+    for name, ts in times.items():
+        result[name] = {
+            "tokens_per_s": tokens / min(ts),
+            "median_tokens_per_s": tokens / statistics.median(ts),
+            "mfu": tokens / min(ts) * flops_token / peak,
+            "loss": runners[name].loss,
+        }
+    return result
+
+
+def markdown_rows(r: dict) -> list[str]:
+    """Rows for bench/results.md: | measurement | ours | peer | ratio | notes |."""
+    ours, fp32 = r["ours"], r["torch_fp32"]
+    rows = [
+        f"| training tokens/s, 58M Llama, 8x512, AdamW, float32 | {ours['tokens_per_s']:,.0f} | "
+        f"{fp32['tokens_per_s']:,.0f} (transformers + torch) | "
+        f"{ours['tokens_per_s'] / fp32['tokens_per_s']:.1f}x | best of {r['repeats']} interleaved; "
+        f"medians {ours['median_tokens_per_s']:,.0f} / {fp32['median_tokens_per_s']:,.0f} |",
+        f"| training MFU vs measured float32 matmul peak ({r['peak_flops'] / 1e9:,.0f} GFLOP/s) | "
+        f"{ours['mfu']:.0%} | {fp32['mfu']:.0%} (torch) | "
+        f"{ours['mfu'] / fp32['mfu']:.1f}x | {r['flops_per_token'] / 1e6:,.0f} MFLOP/token "
+        "(6N + causal attention) |",
+    ]
+    if "torch_bf16" in r:
+        bf = r["torch_bf16"]
+        rows.append(
+            f"| training tokens/s: ours float32 vs torch bf16 autocast (not like for like) | "
+            f"{ours['tokens_per_s']:,.0f} | {bf['tokens_per_s']:,.0f} (torch bf16) | "
+            f"{ours['tokens_per_s'] / bf['tokens_per_s']:.1f}x | torch uses the CPU's bf16 "
+            "matrix units; XLA:CPU has none |"
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--remat", default="none")
+    parser.add_argument("--no_bf16", action="store_true", help="skip the torch bf16 run")
+    parser.add_argument("--markdown", action="store_true", help="print only Markdown table rows")
+    args = parser.parse_args()
+    r = run(args.repeats, args.batch, args.seq, bf16=not args.no_bf16, remat=args.remat)
+    if args.markdown:
+        print("\n".join(markdown_rows(r)))
+        return
+    print(
+        f"machine: {r['cpus']} CPUs, load {r['load']:.1f}; {r['params'] / 1e6:.1f}M params, "
+        f"{r['tokens_per_step']} tokens/step, peak {r['peak_flops'] / 1e9:.0f} GFLOP/s, "
+        f"compile {r['compile_s']:.1f} s"
+    )
+    base = r["torch_fp32"]["tokens_per_s"]
+    for name in ("ours", "torch_fp32", "torch_bf16"):
+        if name in r:
+            x = r[name]
+            print(
+                f"{name:<11} {x['tokens_per_s']:>8,.0f} tok/s (median {x['median_tokens_per_s']:,.0f}) "
+                f"MFU {x['mfu']:.1%}  {x['tokens_per_s'] / base:.2f}x torch fp32  loss {x['loss']:.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Memory and throughput planning for a training config on a TPU topology (see `planner`)."""
+
+from tpu_train.planning.planner import (
+    TOPOLOGIES,
+    Plan,
+    Topology,
+    activation_bytes,
+    format_plan,
+    make_plan,
+    parse_topology,
+    sharded_param_bytes,
+)
+
+__all__ = [
+    "TOPOLOGIES",
+    "Plan",
+    "Topology",
+    "activation_bytes",
+    "format_plan",
+    "make_plan",
+    "parse_topology",
+    "sharded_param_bytes",
+]
