@@ -14,9 +14,10 @@ from tpu_train.data.builders import Infinitymath, InfinitymathConfig, Mathinstru
 from tpu_train.data.builders.mathinstruct import MathinstructConfig
 from tpu_train.data.inspect import inspect_task
 from tpu_train.data.pipeline import feature_converter, packing_stats, task_feature_lengths
+from tpu_train.data.prompts import POT_TRIGGER, format_prompt
 from tpu_train.data.records import RecordError
 from tpu_train.data.sources import Source, prepare
-from tpu_train.data.tasks import POT_TRIGGER, add_task, format_prompt, register_tasks
+from tpu_train.data.tasks import add_task, register_tasks
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "tokenizer.model"
 FIELD_MAP = "original_problem=problem_text"
@@ -172,7 +173,7 @@ def test_loss_mask_is_exactly_response_and_eos(task):
         assert (np.diff(span) == 1).all()
         prompt = vocab.decode(tokens[: span[0]].tolist())
         assert prompt.startswith(format_prompt("Tom has")[:60]) and prompt.endswith(
-            POT_TRIGGER + "\n\n### Response:\n"
+            POT_TRIGGER + "\n\n### Response:"
         )
         assert tokens[0] == 1  # BOS
         assert (tokens[span[-1] + 1 :] == 0).all() and (weights[span[-1] + 1 :] == 0).all()
@@ -264,7 +265,7 @@ def test_inspect_prints_masked_examples_and_writes_histogram(task, tmp_path, cap
     )
     out = capsys.readouterr().out
     # Response pieces start with sentencepiece's word-boundary space, shown as " ".
-    assert "### Response:\n[[ def solution():" in out and out.count("</s>]]") == 1
+    assert "### Response:[[ def solution():" in out and out.count("</s>]]") == 1
     assert summary["examples_sampled"] == 12 and summary["trimmed_fraction"] == 0
     assert 0 < summary["packing_efficiency"] <= 1 and png.stat().st_size > 1000
 
@@ -277,5 +278,5 @@ def test_infinitymath_task_over_user_file_with_field_map(manual_dir, tmp_path):
         tfds.as_numpy(task.get_dataset(task_feature_lengths(256), "train", shuffle=False))
     )
     assert len(examples) == 12
-    assert all(ex["inputs_pretokenized"].decode().endswith(POT_TRIGGER + "\n\n### Response:\n")
+    assert all(ex["inputs_pretokenized"].decode().endswith(POT_TRIGGER + "\n\n### Response:")
                for ex in examples)  # fmt: skip

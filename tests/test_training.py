@@ -1,5 +1,6 @@
 """The training loop: learning, accumulation, exact resume after SIGKILL, SIGTERM, other meshes, errors."""
 
+import json
 import signal
 import socket
 
@@ -221,3 +222,17 @@ def test_published_recipes_check_out_but_for_the_users_checkpoint(name, preset, 
         ConfigError, match=r"data.tokenizer: data/hf/.*/tokenizer.model does not exist"
     ):
         check_config(config, get_preset(preset), num_devices=64, process_count=8)
+
+
+def test_periodic_evaluation_hook_samples_runs_and_grades(tmp_path):
+    config = tiny_config(num_steps=2, log_every=1)
+    config.data.mixture = "gsm8k_pot_mix"  # the shipped data and tokenizer (vocab 4096)
+    config.data.registry_modules = ()
+    config.eval.update(every_steps=2, items_per_benchmark=2, max_new_tokens=8, batch_size=2)
+    config.checkpoint.every_steps = 0
+    train(config, tmp_path)
+    out = tmp_path / "eval" / "step_2"
+    items = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert [i["dataset"] for i in items] == ["gsm8k", "gsm8k"]
+    assert all(i["verdict"] and i["isolation_level"] for i in items)
+    assert (out / "chart.png").exists() and "gsm8k" in (out / "table.md").read_text()

@@ -14,15 +14,9 @@ Mixtures (rates from the caller's config, defaults in DEFAULT_MIXTURES):
     infinitymath_hybrid  infinitymath_pot + mathinstruct
     gsm8k_pot_mix        gsm8k_pot + gsm8k_pot_variants (the embedded default; all shipped)
 
+The prompt format itself lives in `tpu_train.data.prompts` (shared with sampling and evaluation).
+
 Example:
-    >>> print(format_prompt("What is 2+3?"))
-    Below is an instruction that describes a task. Write a response that appropriately completes the request.
-    <BLANKLINE>
-    ### Instruction:
-    What is 2+3?
-    <BLANKLINE>
-    ### Response:
-    <BLANKLINE>
     >>> names = register_tasks("data/tokenizer.model")  # doctest: +SKIP
 """
 
@@ -39,23 +33,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tpu_train.data.builders import InfinitymathConfig
+from tpu_train.data.prompts import POT_TRIGGER, PROMPT_TEMPLATE
 from tpu_train.data.sources import DEFAULT_TFDS_DIR, SHIPPED_DIR, prepare
 
-PROMPT_TEMPLATE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-POT_TRIGGER = " Let's write a program."
 DEFAULT_TOKENIZER = SHIPPED_DIR / "tokenizer.model"
 DEFAULT_MIXTURES: dict[str, dict[str, float]] = {
     "infinitymath_hybrid": {"infinitymath_pot": 1.0, "mathinstruct": 1.0},
     "gsm8k_pot_mix": {"gsm8k_pot": 1.0, "gsm8k_pot_variants": 1.0},
 }
-
-
-def format_prompt(instruction: str) -> str:
-    """The MAmmoTH Alpaca prompt for one instruction (see the module example)."""
-    return PROMPT_TEMPLATE.format(instruction=instruction)
 
 
 def _tf_prompt(instruction: tf.Tensor) -> tf.Tensor:

@@ -14,8 +14,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from tpu_train.data.prompts import POT_TRIGGER, format_prompt
 from tpu_train.data.records import ProgramRecord
-from tpu_train.data.tasks import POT_TRIGGER, format_prompt
 from tpu_train.evaluation import benchmarks, grader, scoring
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
 from tpu_train.sampling.loading import load_for_sampling

@@ -73,6 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.peak_flops_per_device = 0.0  # 0: datasheet for known accelerators, measured on CPU
     c.train.fault_injection_kill_at_step = -1  # tests only: SIGKILL the process before this step
 
+    c.eval = (
+        ml_collections.ConfigDict()
+    )  # periodic PoT evaluation on a benchmark slice (eval_hook.py)
+    c.eval.every_steps = 0  # 0: off
+    c.eval.benchmarks = ("gsm8k",)  # names in tpu_train.evaluation.benchmarks.DATASETS
+    c.eval.items_per_benchmark = 20
+    c.eval.max_new_tokens = 256
+    c.eval.batch_size = 16
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 500
     c.checkpoint.keep = 3  # the last K...

@@ -170,6 +170,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         f"{flops_per_step / 1e12:.3g} TFLOP/step, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_source})"
     )
     config_json = json.loads(config.to_json_best_effort())
+    eval_hook = None
+    if config.eval.every_steps > 0:
+        from tpu_train.training.eval_hook import (
+            EvalHook,
+        )  # the sandbox and sampler load only when asked
+
+        eval_hook = EvalHook(config.eval, str(workdir / checkpoint.TOKENIZER_FILE), workdir)
     preemption = _Preemption()
     previous_handler = signal.signal(signal.SIGTERM, preemption)
     last: dict[str, float] = {}
@@ -221,6 +228,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 )
                 last = values
                 window_start, window_steps = time.perf_counter(), 0
+            if eval_hook is not None and eval_hook.due(done):
+                scores = eval_hook(done, state.params, model_cfg, sharder)
+                if scores:
+                    writer.write_scalars(done, scores)
+                    say(
+                        f"eval at step {done}: "
+                        + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items())
+                    )
             if ckpt.should_save(done) or done == num_steps or preemption.requested:
                 ckpt.save(state, config_json, force=preemption.requested or done == num_steps)
             if preemption.requested:
