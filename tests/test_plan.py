@@ -15,23 +15,12 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from tpu_train.model.config import LlamaConfig
 from tpu_train.model.params import canonical_abstract, canonical_params, init_model
 from tpu_train.planning import make_plan, parse_topology, sharded_param_bytes
+from tpu_train.planning.scaling import SMALL
 from tpu_train.sharding import Sharder, bytes_per_device, make_mesh
 from tpu_train.training.loop import optimizer_state_shardings
 from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
-
-SMALL = LlamaConfig(
-    vocab_size=1024,
-    hidden_size=128,
-    intermediate_size=344,
-    num_layers=4,
-    num_heads=4,
-    num_kv_heads=4,
-    max_seq_len=256,
-    compute_dtype="float32",
-)
 
 
 @pytest.mark.parametrize(
