@@ -6,6 +6,11 @@ import json
 from pathlib import Path
 
 
+def last_metrics(metrics_file: Path) -> dict[str, float]:
+    """The last logged training metrics of a run."""
+    return json.loads(metrics_file.read_text().splitlines()[-1])
+
+
 def learning_curve(metrics_file: Path, out: Path) -> Path:
     """Loss and token accuracy against step, from W/metrics.jsonl."""
     import matplotlib

@@ -9,7 +9,8 @@
   4. export         the final checkpoint as a Hugging Face Llama directory
   5. summary        accuracy on held-out variants, learning curve, results chart
 
-A workdir that already holds a finished run is reused step by step (training resumes or is skipped).
+Rerunning on the same workdir rebuilds the (deterministic) data, resumes training from its last checkpoint
+(nothing to do when it finished) and evaluates again; --fresh starts from an empty workdir.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def run(config, workdir: Path) -> dict:
 
     step(f"train: {config.train.num_steps} steps on {config.data.mixture}")
     embedded_tasks.register(workdir / "data", cfg.cot_rate, config.data.tokenizer)
-    final = train(config, str(workdir / "model"))
+    train(config, str(workdir / "model"))
 
     step("sample + grade: held-out variants and GSM8K test (PoT, greedy)")
     _, rows = evaluate(
@@ -80,9 +81,9 @@ def run(config, workdir: Path) -> dict:
     )
     by_name = {r.dataset: r for r in rows}
     heldout = by_name.get(HELDOUT)
+    final = report.last_metrics(workdir / "model" / "metrics.jsonl")
     print(
-        f"      final training loss {final.get('loss', float('nan')):.4f}, token accuracy "
-        f"{final.get('token_accuracy', float('nan')):.3f}"
+        f"      final training loss {final['loss']:.4f}, token accuracy {final['token_accuracy']:.3f}"
     )
     for row in rows:
         print(
@@ -90,8 +91,8 @@ def run(config, workdir: Path) -> dict:
         )
     accuracy = heldout.strict if heldout else float("nan")
     print(
-        f"\naccuracy on held-out variants: {accuracy:.1f}% ({heldout.items if heldout else 0} problems' "
-        "new numbers, strict grading)"
+        f"\naccuracy on held-out variants: {accuracy:.1f}% ({heldout.items if heldout else 0} variants "
+        "with numbers never trained on, strict grading)"
     )
     print(
         f"learning curve: {curve}\nresults chart: {workdir / 'eval' / 'chart.png'}\n"
