@@ -213,6 +213,19 @@ LOADERS: dict[str, tuple[str, Callable[[str], Iterator[Record]]]] = {
     "theoremqa": ("theoremqa.json", load_theoremqa),
 }
 DATASETS = tuple(LOADERS)
+GSM8K_PLUS = (
+    "gsm8k_plus"  # the robustness set (tpu_train.data.gsm8k_plus): not one of the nine + TheoremQA
+)
+
+
+def load_gsm8k_plus(eval_dir: str = EVAL_DIR) -> list[Record]:
+    """GSM8K test problems and their number variants; `id` of a variant is `<problem id>/v<k>`, so the
+    problem (its group) is the id up to `/v`."""
+    path = os.path.join(eval_dir, "gsm8k_plus", "gsm8k_plus.jsonl")
+    return [
+        Record(row["id"], GSM8K_PLUS, row["question"], str(row["answer"]), "number")
+        for _, _, row in _jsonl(path)
+    ]
 
 
 def load(dataset: str, eval_dir: str = EVAL_DIR) -> list[Record]:

@@ -83,7 +83,7 @@ def evaluate(
     eval_dir: str = benchmarks.EVAL_DIR,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Score predictions; returns (per-item dicts, run metadata)."""
+    """Score predictions whose ids name benchmark records; returns (per-item dicts, run metadata)."""
     records = _index({p.dataset for p in predictions}, eval_dir)
     resolved = []
     for prediction in predictions:
@@ -91,6 +91,16 @@ def evaluate(
         if key not in records:
             raise InputError(f"prediction id {prediction.id!r} not found in {prediction.dataset}")
         resolved.append((prediction, records[key]))
+    return evaluate_records(resolved, config, progress)
+
+
+def evaluate_records(
+    resolved: Sequence[tuple[Prediction, benchmarks.Record]],
+    config: ExecutorConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[dict], dict]:
+    """Score (prediction, record) pairs: PoT outputs run in the sandbox, CoT answers are extracted, and
+    every item is graded in both modes. Returns (per-item dicts, run metadata)."""
     pot = [i for i, (p, _) in enumerate(resolved) if p.mode == "pot"]
     executions: dict[int, dict] = {}
     meta = {"isolation_level": None, "layers": []}
