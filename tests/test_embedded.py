@@ -40,9 +40,13 @@ def test_embedded_default_runs_end_to_end(tmp_path):
     config = json.loads((run / "hf" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["vocab_size"] == 4096
     assert (run / "hf" / "tokenizer.model").exists()
+
     # Held-out variants really are unseen: none of their questions is in the training file.
-    train_questions = {
-        json.loads(line)["original_problem"]
-        for line in (run / "data" / "train_programs.jsonl").read_text().splitlines()
-    }
-    assert not {i["question"] for i in heldout} & train_questions
+    def questions(name):
+        lines = (run / "data" / name).read_text().splitlines()
+        return {json.loads(line)["id"]: json.loads(line)["original_problem"] for line in lines}
+
+    heldout_file = questions("heldout_variants.jsonl")
+    assert {i["id"] for i in heldout} == set(heldout_file)
+    assert not set(heldout_file.values()) & set(questions("train_programs.jsonl").values())
+    assert all(i["prompt"].endswith("Let's write a program.\n\n### Response:") for i in heldout)
