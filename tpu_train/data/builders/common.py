@@ -96,3 +96,16 @@ def parse_all(
         logging.warning(
             "%s: skipped %d unreadable lines:\n  %s", what, len(skipped) - before, listing
         )
+
+
+class SingleFileSource:
+    """Mixin for builders that read one file (`builder_config.file_name`) from the manual directory and
+    may skip unreadable lines (`skipped_lines` lists them, for the caller to report)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped_lines: list[str] = []
+
+    def source_files(self) -> list[str]:
+        """Files read from the manual directory."""
+        return [self.builder_config.file_name]

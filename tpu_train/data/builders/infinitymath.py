@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
-from tpu_train.data.builders.common import parse_all, split_of, splits_present
+from tpu_train.data.builders.common import SingleFileSource, parse_all, split_of, splits_present
 from tpu_train.data.records import FieldMap, ProgramRecord, iter_jsonl
 
 
@@ -69,7 +69,7 @@ def _id_of(line: str, id_field: str) -> object:
     return row.get(id_field) if isinstance(row, dict) else None
 
 
-class Infinitymath(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Infinitymath(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """InfinityMATH-format program records from a local file."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -82,14 +82,6 @@ class Infinitymath(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "InfinityMATH) into the manual directory. The gsm8k_* configs read the files shipped in the "
         "repository's data/ folder: pass that folder as the manual directory."
     )
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skipped_lines: list[str] = []
-
-    def source_files(self) -> list[str]:
-        """Files read from the manual directory."""
-        return [self.builder_config.file_name]
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()

@@ -19,7 +19,13 @@ from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
-from tpu_train.data.builders.common import iter_json_array, parse_all, split_of, splits_present
+from tpu_train.data.builders.common import (
+    SingleFileSource,
+    iter_json_array,
+    parse_all,
+    split_of,
+    splits_present,
+)
 from tpu_train.data.records import RecordError, iter_jsonl
 
 _CODE_RE = re.compile(r"^\s*(?:def |import |from \w+ import |print\()", re.M)
@@ -60,7 +66,7 @@ class MathinstructConfig(tfds.core.BuilderConfig):
     validation_percent: int = 1
 
 
-class Mathinstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Mathinstruct(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """MathInstruct from a local file."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -72,14 +78,6 @@ class Mathinstruct(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "Download MathInstruct.json (https://huggingface.co/datasets/TIGER-Lab/MathInstruct) into "
         "the manual directory."
     )
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skipped_lines: list[str] = []
-
-    def source_files(self) -> list[str]:
-        """Files read from the manual directory."""
-        return [self.builder_config.file_name]
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
