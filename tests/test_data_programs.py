@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
@@ -17,7 +18,12 @@ from tpu_train.data.gsm8k_programs import ConversionError, synthesize
 from tpu_train.data.gsm8k_to_programs import convert, read_gsm8k
 from tpu_train.data.records import FieldMap, ProgramRecord, RecordError, read_program_records
 from tpu_train.data.repopulate import draw_candidates, repopulate, well_formed
-from tpu_train.data.substitute import SubstitutionError, check_substitutable, substitute
+from tpu_train.data.substitute import (
+    SubstitutionError,
+    check_substitutable,
+    render_program,
+    substitute,
+)
 from tpu_train.data.textnums import canonical_answer, find_numbers
 from tpu_train.data.variables import draw_value, infer_spec
 from tpu_train.data.verify import Executor, ExecutorConfig, run_programs
@@ -69,11 +75,43 @@ def test_synthesis_masks_numbers_and_keeps_unit_constants():
     assert "friends / 2" in draft.program and draft.answer == 72
     body = draft.program.splitlines()
     assert body[0] == "def solution():" and body[1].startswith('    """')
-    # A comment per line: inline for given values, on the line above for each computed step.
+    # A comment above every line: the question's words around a given value, the rationale for a step.
     for above, line in itertools.pairwise(body[1:-2]):
         if not line.lstrip().startswith("#"):
-            assert "  # " in line or above.lstrip().startswith("#"), line
-    assert "    friends = 48  # {friends} of her friends in" in body
+            assert above.lstrip().startswith("#"), line
+    at = body.index("    friends = 48")
+    assert body[at - 1] == "    # Natalia sold clips to {friends} of her friends"
+
+
+def test_rendered_program_quotes_the_question_around_each_number():
+    question = "Ann bought 12 apples for $3 each. She ate 2. How many dollars did she spend?"
+    draft = synthesize("t/r", question, "12*3=<<12*3=36>>36\n#### 36")
+    record = ProgramRecord(
+        draft.id, "gsm8k", question, draft.general_problem, draft.program, draft.variables, 36, "36"
+    )
+    rendered = render_program(record)
+    assert "{" not in rendered  # every placeholder in comments and docstring is filled
+    comments = [line.strip()[2:] for line in rendered.splitlines() if line.strip().startswith("# ")]
+    assert "Ann bought 12 apples for $3 each" in comments
+    # The words before each number are the question's, so the number continues a quoted phrase.
+    assert "Ann bought 12" in comments[0] and comments[0] in question
+    # Code lines are left alone: the program still runs as stored, with the same numbers.
+    code = lambda text: [ln for ln in text.splitlines() if not ln.strip().startswith("#")]  # noqa: E731
+    assert code(rendered) == code(draft.program)
+    _, variant = substitute(record, {"apples": 20})
+    assert (
+        render_program(
+            dataclasses.replace(
+                record,
+                generated_program=variant,
+                variables={
+                    **record.variables,
+                    "apples": {**record.variables["apples"], "value": 20},
+                },
+            )
+        )
+        != rendered
+    )
 
 
 def test_synthesis_uses_percentages_and_written_equations():

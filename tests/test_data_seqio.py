@@ -31,8 +31,8 @@ def _restore_default_registrations():
 
 def _record(i: int, answer) -> dict:
     program = (
-        f'def solution():\n    """How many apples?"""\n    apples = {i + 2}\n'
-        f"    result = apples * 3\n    return result"
+        f'def solution():\n    """How many apples?"""\n    # Tom has {{apples}} bags\n'
+        f"    apples = {i + 2}\n    result = apples * 3\n    return result"
     )
     variables = {"apples": {"value": i + 2}}
     return {
@@ -91,7 +91,9 @@ def test_builder_reads_released_layout_with_field_map(manual_dir, tmp_path):
     assert by_id["syn/3"]["ori_answer"] == b"D" and by_id["syn/1"]["ori_answer"] == b"9.0"
     assert by_id["syn/0"]["original_problem"].startswith(b"Tom has 2 bags")
     assert json.loads(by_id["syn/1"]["variables"]) == {"apples": {"value": 3}}
-    assert builder.info.version == "1.0.0"
+    # Comment placeholders hold the record's numbers, as the model reads and writes programs.
+    assert b"    # Tom has 3 bags\n    apples = 3\n" in by_id["syn/1"]["generated_program"]
+    assert builder.info.version == "1.1.0"
 
 
 def test_builder_fails_on_bad_line_with_file_line_and_field(manual_dir, tmp_path):

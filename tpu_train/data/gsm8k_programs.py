@@ -17,8 +17,10 @@ Example:
     >>> print(draft.program)
     def solution():
         \"\"\"How many pens?\"\"\"
-        red = 5  # {red} red and
-        blue_pens = 7  # {blue_pens} blue pens
+        # Tom has {red} red and {blue_pens}
+        red = 5
+        # Tom has {red} red and {blue_pens} blue pens
+        blue_pens = 7
         # Tom has pens.
         pens = red + blue_pens
         result = pens
@@ -454,7 +456,8 @@ def _assemble(
             any(m.prefix == "$" for m in groups[i]),
         )
         variables[name] = spec
-        lines.append(f"    {name} = {spec['value']}  # {_context(general, name)}")
+        lines.append(f"    # {_context(general, name)}")
+        lines.append(f"    {name} = {spec['value']}")
     given = {groups[i][0].value: names[("var", i)] for i in var_order}
     for i in sorted(keep):
         step = steps[i]
@@ -479,10 +482,17 @@ def _assemble(
 
 
 def _context(general: str, name: str) -> str:
-    """The placeholder and up to four following words of its clause, e.g. "{friends} of her friends"."""
-    at = general.index("{" + name + "}") + len(name) + 2
-    clause = re.split(r"[.,;:!?](?:\s|$)|\{", general[at:], maxsplit=1)[0]
-    words = clause.split()[:4]
-    glued = clause[:1] not in ("", " ")  # "{pct}% of" keeps its "%" attached
-    text = "{" + name + "}" + ("" if glued else " ") + " ".join(words)
+    """The words of the problem around `{name}`: up to five before it in its sentence and up to three
+    after it in its clause, e.g. "sold clips to {friends} of her friends".
+
+    Quoting the words *before* the number is what lets a model find it: rendered with the numbers (see
+    `substitute.render_program`), the comment continues a phrase of the question, so copying its number
+    is the plain "what followed these words last time" lookup that attention learns early.
+    """
+    at = general.index("{" + name + "}")
+    sentence = re.split(r"[.;:!?](?:\s|$)", general[:at])[-1]
+    before = re.search(r"(?:\S+\s+){0,5}\S*$", sentence).group(0)
+    clause = re.split(r"[.,;:!?](?:\s|$)", general[at + len(name) + 2 :], maxsplit=1)[0]
+    after = re.match(r"\S*(?:\s+\S+){0,3}", clause).group(0)
+    text = " ".join((before + "{" + name + "}" + after).split())
     return text.rstrip(" $(").replace("\\", "/")

@@ -76,3 +76,35 @@ def substitute(record: ProgramRecord, values: dict[str, int | float]) -> tuple[s
             lambda m, lit=literal: m.group(1) + lit, program, count=1
         )
     return problem, program
+
+
+def render_program(record: ProgramRecord) -> str:
+    """The program as a model reads and writes it: `{name}` placeholders left in its comments and
+    docstring are filled with the record's values, written as in the problem text.
+
+    Stored programs stay number-independent (numbers only in the assignments, as InfinityMATH's are);
+    code lines are never touched, so an f-string such as `f"{total}"` keeps its braces.
+
+    Example:
+        >>> rec = ProgramRecord("r1", "demo", "Tom has 3 cats.", "Tom has {cats} cats.",
+        ...     "def solution():\\n    # Tom has {cats} cats\\n    cats = 3\\n    return cats * 2",
+        ...     {"cats": {"value": 3}}, 6, "6")
+        >>> render_program(rec).splitlines()[1]
+        '    # Tom has 3 cats'
+    """
+    if not record.variables:
+        return record.generated_program
+    values = {name: text_value(spec, spec["value"]) for name, spec in record.variables.items()}
+    placeholder = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+    fill = lambda text: placeholder.sub(lambda m: values[m.group(1)], text)  # noqa: E731
+    lines, in_docstring = [], False
+    for line in record.generated_program.split("\n"):
+        quotes = line.count('"""') + line.count("'''")
+        code, hash_, comment = line.partition("#")
+        if in_docstring or quotes:
+            line = fill(line)
+        elif hash_ and not code.strip():
+            line = code + hash_ + fill(comment)
+        in_docstring ^= quotes % 2 == 1
+        lines.append(line)
+    return "\n".join(lines)

@@ -6,6 +6,8 @@ Configs:
     gsm8k_variants  `programs/gsm8k_train_variants.jsonl.gz` shipped in `data/` (repopulated).
 
 Splits `train` / `validation` are assigned by a hash of the seed id (variants follow their seed).
+`generated_program` is the program as a model reads and writes it: placeholders left in its comments or
+docstring are filled with the record's values (`tpu_train.data.substitute.render_program`).
 
 Example:
     >>> builder = Infinitymath(config="gsm8k_programs", data_dir="/tmp/tfds")  # doctest: +SKIP
@@ -25,6 +27,7 @@ import tensorflow_datasets as tfds
 
 from tpu_train.data.builders.common import SingleFileSource, parse_all, split_of, splits_present
 from tpu_train.data.records import FieldMap, ProgramRecord, iter_jsonl
+from tpu_train.data.substitute import render_program
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,9 +75,10 @@ def _id_of(line: str, id_field: str) -> object:
 class Infinitymath(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """InfinityMATH-format program records from a local file."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        "1.0.0": "First version: eight released fields, hash-based validation split."
+        "1.0.0": "First version: eight released fields, hash-based validation split.",
+        "1.1.0": "generated_program rendered: comment and docstring placeholders hold the numbers.",
     }
     BUILDER_CONFIGS: ClassVar[list] = _CONFIGS
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -133,7 +137,7 @@ class Infinitymath(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_regis
                     "source": record.source,
                     "original_problem": record.original_problem,
                     "general_problem": record.general_problem,
-                    "generated_program": record.generated_program,
+                    "generated_program": render_program(record),
                     "variables": json.dumps(record.variables, sort_keys=True),
                     "ori_answer": str(record.ori_answer),
                     "gen_answer": record.gen_answer,
