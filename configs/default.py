@@ -15,7 +15,7 @@ def get_config():
     c = base_config()
     c.seed = 0
     # ~3.6M parameters: 3 layers of width 192 over the shipped 4,096-piece tokenizer (sized so that
-    # training fits in about 10 minutes on 2 CPU cores).
+    # training fits in about 15 minutes on 2 CPU cores).
     c.model.preset = "tiny"
     c.model.overrides = ml_collections.ConfigDict(
         dict(
@@ -29,6 +29,7 @@ def get_config():
         )
     )
     c.model.compute_dtype = "float32"  # XLA:CPU has no fast bfloat16 matmul
+    c.model.scan_layers = False  # 3 layers unrolled: about 20% faster on CPU than a scan over them
     c.mesh.shape = dict(data=1, fsdp=-1, sequence=1, tensor=1)
 
     c.data.mixture = "embedded_programs_mix"
@@ -42,7 +43,7 @@ def get_config():
     c.optimizer.weight_decay = 0.0
     c.optimizer.clip_norm = 1.0
 
-    c.train.num_steps = 500
+    c.train.num_steps = 700
     c.train.batch_size = 8
     c.train.log_every = 10
     c.checkpoint.every_steps = 100
@@ -50,13 +51,9 @@ def get_config():
 
     # Read only by the embedded runner (tpu_train/embedded/run.py).
     c.embedded = ml_collections.ConfigDict()
-    c.embedded.num_problems = 80  # GSM8K train problems turned into programs
-    c.embedded.variants = (
-        16  # number variants drawn per program (fewer where constraints allow fewer)
-    )
-    c.embedded.heldout_per_problem = (
-        2  # the last 2 variants of a problem with more than 2 are held out
-    )
+    c.embedded.num_problems = 15  # GSM8K train problems turned into programs
+    c.embedded.variants = 40  # number variants drawn per program (fewer where constraints allow)
+    c.embedded.heldout_per_problem = 4  # the last 4 variants of a problem are held out
     c.embedded.cot_rate = 0.05  # share of GSM8K chain-of-thought examples mixed into training
     c.embedded.gsm8k_test_items = 50  # GSM8K test problems evaluated (PoT)
     c.embedded.max_new_tokens = 320

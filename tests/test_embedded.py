@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sentencepiece as spm
+
+from tpu_train.data.records import read_program_records
+from tpu_train.data.substitute import render_program
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,3 +55,10 @@ def test_embedded_default_runs_end_to_end(tmp_path):
     assert {i["id"] for i in heldout} == set(heldout_file)
     assert not set(heldout_file.values()) & set(questions("train_programs.jsonl").values())
     assert all(i["prompt"].endswith("Let's write a program.\n\n### Response:") for i in heldout)
+
+    # Every training program fits the target length as the model writes it (rendered, plus EOS).
+    pieces = spm.SentencePieceProcessor(model_file=str(ROOT / "data" / "tokenizer.model"))
+    records, _ = read_program_records(run / "data" / "train_programs.jsonl")
+    lengths = [len(pieces.encode(render_program(r))) for r in records]
+    assert records and max(lengths) <= 320 - 1
+    assert all("{" not in render_program(r).split('"""')[-1] for r in records)

@@ -3,7 +3,9 @@
 A deterministic slice of the shipped GSM8K train set is converted to InfinityMATH-format programs (each
 checked in the sandbox against the gold), and every kept program is repopulated with new numbers. The
 variants of each problem are split: the last `heldout_per_problem` are *held out* (same problem, numbers
-the model never saw), the others join the training data with the original. Many variants per problem are
+the model never saw), the others join the training data with the original. A problem whose program (as
+the model writes it) is longer than `max_program_tokens` is left out: a program cut off at the target
+length can be neither learned nor run. Many variants per problem are
 what teaches a model to copy numbers from the question rather than recall a memorised program; accuracy on
 the held-out ones is InfinityMATH's robustness claim, measured live.
 
@@ -17,11 +19,14 @@ import dataclasses
 import random
 from pathlib import Path
 
+import sentencepiece as spm
+
 from tpu_train.data.gsm8k_to_programs import convert as convert_gsm8k
 from tpu_train.data.gsm8k_to_programs import read_gsm8k
 from tpu_train.data.records import ProgramRecord, write_jsonl
 from tpu_train.data.repopulate import repopulate
 from tpu_train.data.sources import SHIPPED_DIR
+from tpu_train.data.substitute import render_program
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
 
 TRAIN_FILE = "train_programs.jsonl"
@@ -32,7 +37,7 @@ HELDOUT_FILE = "heldout_variants.jsonl"
 class ProgramData:
     directory: Path
     problems: int  # GSM8K problems read
-    kept: int  # with a verified program
+    kept: int  # with a verified program that fits max_program_tokens
     train_records: int  # originals + training variants
     heldout: list[ProgramRecord]  # held-out variants, one problem may have several
 
@@ -44,6 +49,8 @@ def build(
     variants: int,
     heldout_per_problem: int,
     seed: int,
+    max_program_tokens: int,
+    tokenizer: str | Path = SHIPPED_DIR / "tokenizer.model",
     gsm8k_train: Path = SHIPPED_DIR / "gsm8k" / "gsm8k_train.jsonl",
 ) -> ProgramData:
     """Converts a seeded random slice of `num_problems` GSM8K train problems and splits their variants."""
@@ -58,8 +65,11 @@ def build(
         by_problem: dict[str, list[ProgramRecord]] = {}
         for variant in stream:
             by_problem.setdefault(variant.id.rsplit("/v", 1)[0], []).append(variant)
+    pieces = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    too_long = lambda r: len(pieces.encode(render_program(r))) > max_program_tokens  # noqa: E731
+    records = [r for r in report.records if not any(map(too_long, [r, *by_problem.get(r.id, [])]))]
     train, heldout = [], []
-    for record in report.records:
+    for record in records:
         own = by_problem.get(record.id, [])
         keep = (
             max(len(own) - heldout_per_problem, 0) if len(own) > heldout_per_problem else len(own)
@@ -72,4 +82,4 @@ def build(
     heldout = [r for r in heldout if r.original_problem not in seen]
     write_jsonl(out_dir / TRAIN_FILE, train)
     write_jsonl(out_dir / HELDOUT_FILE, heldout)
-    return ProgramData(out_dir, len(items), len(report.records), len(train), heldout)
+    return ProgramData(out_dir, len(items), len(records), len(train), heldout)

@@ -55,10 +55,12 @@ def run(config, workdir: Path) -> dict:
         variants=cfg.variants,
         heldout_per_problem=cfg.heldout_per_problem,
         seed=config.seed,
+        max_program_tokens=config.data.feature_lengths["targets"] - 1,  # room for EOS
+        tokenizer=config.data.tokenizer,
     )
     heldout_problems = len({r.id.rsplit("/v", 1)[0] for r in data.heldout})
     print(
-        f"      {data.kept}/{data.problems} problems verified; {data.train_records} training programs "
+        f"      {data.kept}/{data.problems} problems with a verified program that fits; {data.train_records} training programs "
         f"(originals + their variants); {len(data.heldout)} held-out variants of {heldout_problems} problems"
     )
 
