@@ -5,9 +5,10 @@ checked in the sandbox against the gold), and every kept program is repopulated 
 variants of each problem are split: the last `heldout_per_problem` are *held out* (same problem, numbers
 the model never saw), the others join the training data with the original. A problem whose program (as
 the model writes it) is longer than `max_program_tokens` is left out: a program cut off at the target
-length can be neither learned nor run. Many variants per problem are
-what teaches a model to copy numbers from the question rather than recall a memorised program; accuracy on
-the held-out ones is InfinityMATH's robustness claim, measured live.
+length can be neither learned nor run. Seeing one program with many sets of numbers is what pushes a model
+to copy numbers from the question rather than recall them (though 200 variants per problem did worse
+than 40; see README); accuracy on the held-out ones is InfinityMATH's robustness claim,
+measured live.
 
     data/train_programs.jsonl     originals + training variants (InfinityMATH layout)
     data/heldout_variants.jsonl   held-out variants (InfinityMATH layout; gen_answer is the gold)
@@ -71,9 +72,8 @@ def build(
     train, heldout = [], []
     for record in records:
         own = by_problem.get(record.id, [])
-        keep = (
-            max(len(own) - heldout_per_problem, 0) if len(own) > heldout_per_problem else len(own)
-        )
+        # A problem with too few variants to hold any out trains on all of them.
+        keep = len(own) - heldout_per_problem if len(own) > heldout_per_problem else len(own)
         train.append(record)
         train.extend(own[:keep])
         heldout.extend(own[keep:])
