@@ -15,11 +15,11 @@ import seqio_fixture_tasks  # noqa: F401  (registers fixture_arithmetic)
 from train_helpers import final_params, metric_rows, run_train, start_train, tiny_config
 
 from tpu_train.model import get_preset
-from tpu_train.model.params import canonical_params, init_model
+from tpu_train.model.params import canonical_params, init_model, model_from_params
 from tpu_train.training import input_pipeline
 from tpu_train.training.config_checks import ConfigError, check_config
 from tpu_train.training.loop import NonFiniteLossError, train
-from tpu_train.training.step import TrainState, make_train_step
+from tpu_train.training.step import TrainState, loss_sums, make_train_step
 
 
 def test_loss_decreases_and_metrics_are_written(tmp_path):
@@ -65,6 +65,31 @@ def test_accumulation_equals_one_big_batch():
     assert float(m1["target_tokens"]) == float(m4["target_tokens"]) > 0
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_loss_sums_match_a_log_softmax_reference():
+    cfg = get_preset("tiny", compute_dtype="float32")
+    params = canonical_params(init_model(cfg, seed=0))
+    batch = _batch(tiny_config(), 4)
+    _, sums = loss_sums(cfg, None, params, batch)
+
+    def reference_loss(params):
+        logits = model_from_params(cfg, params, None)(
+            batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"]
+        )
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+        return (nll * batch["decoder_loss_weights"]).sum(), logits
+
+    (ref_loss, logits), ref_grads = jax.value_and_grad(reference_loss, has_aux=True)(params)
+    weights = np.asarray(batch["decoder_loss_weights"], np.float32)
+    hits = np.asarray(logits).argmax(-1) == np.asarray(batch["decoder_target_tokens"])
+    np.testing.assert_allclose(sums["loss"], ref_loss, rtol=1e-5)
+    assert float(sums["correct"]) == float((hits * weights).sum())
+    assert float(sums["tokens"]) == weights.sum() > 0
+    grads = jax.grad(lambda p: loss_sums(cfg, None, p, batch)[0])(params)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_kill_and_resume_is_exact(tmp_path):
