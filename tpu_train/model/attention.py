@@ -35,14 +35,17 @@ def xla_attention(
     """Plain dot-product attention that XLA fuses on any backend; softmax in float32."""
     b, length, h, d = q.shape
     kv_heads = k.shape[2]
-    q = q.reshape(b, length, kv_heads, h // kv_heads, d)
-    logits = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
+    # Scores in [B, K, G, L, S], the order XLA's dot produces from these operand orders (batch dims, then
+    # the free dims of each side): any other order costs a transposing copy of the scores, and of their
+    # gradient, in every layer. Transposing q and the output instead is 1/S of that traffic.
+    q = q.reshape(b, length, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, L, D]
+    logits = jnp.einsum("bkgld,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
     visible = (kv_positions[:, None, :] <= q_positions[:, :, None]) & (
         kv_segment_ids[:, None, :] == q_segment_ids[:, :, None]
     )  # [B, L, S] bool: no float mask is materialised
     logits = jnp.where(visible[:, None, None], logits, _MASKED)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v)
+    out = jnp.einsum("bkgls,bskd->bkgld", probs, v).transpose(0, 3, 1, 2, 4)  # [B, L, K, G, D]
     return out.reshape(b, length, h, d)
 
 
