@@ -27,6 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from tpu_train.model import rope
 from tpu_train.model.attention import splash_attention, xla_attention
 from tpu_train.model.config import LlamaConfig
+from tpu_train.model.dense import dense
 from tpu_train.sharding import Sharder, constrain
 
 _INIT_STDDEV = 0.02  # Hugging Face's `initializer_range` for Llama
@@ -77,9 +78,9 @@ class Attention(nnx.Module):
         positions: jax.Array,
     ) -> jax.Array:
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        q = jnp.einsum("ble,ehd->blhd", x, self.q_proj[...].astype(dt))
-        k = jnp.einsum("ble,ekd->blkd", x, self.k_proj[...].astype(dt))
-        v = jnp.einsum("ble,ekd->blkd", x, self.v_proj[...].astype(dt))
+        q = dense(x, self.q_proj[...].astype(dt))  # [B, L, H, D]
+        k = dense(x, self.k_proj[...].astype(dt))  # [B, L, K, D]
+        v = dense(x, self.v_proj[...].astype(dt))
         q = constrain(q, self.sharder, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, self.sharder, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, self.sharder, ("batch", "length", "act_kv_heads", "head_dim"))
@@ -97,7 +98,7 @@ class Attention(nnx.Module):
         else:
             out = xla_attention(q, k, v, segment_ids, segment_ids, positions, positions)
         out = checkpoint_name(out, "attention")
-        return jnp.einsum("blhd,hde->ble", out, self.o_proj[...].astype(dt))
+        return dense(out, self.o_proj[...].astype(dt), contract=2)
 
 
 class MLP(nnx.Module):
@@ -112,11 +113,11 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        hidden = jax.nn.silu(x @ self.gate_proj[...].astype(dt)) * (
-            x @ self.up_proj[...].astype(dt)
+        hidden = jax.nn.silu(dense(x, self.gate_proj[...].astype(dt))) * dense(
+            x, self.up_proj[...].astype(dt)
         )
         hidden = constrain(hidden, self.sharder, ("batch", "length", "act_mlp"))
-        return hidden @ self.down_proj[...].astype(dt)
+        return dense(hidden, self.down_proj[...].astype(dt))
 
 
 class DecoderLayer(nnx.Module):
@@ -224,7 +225,7 @@ class Llama(nnx.Module):
             weights = self.embed[...].astype(dt).T
         else:
             weights = self.lm_head[...].astype(dt)
-        out = jnp.einsum("ble,ev->blv", hidden, weights, preferred_element_type=jnp.float32)
+        out = dense(hidden, weights, out_dtype=jnp.float32)
         return constrain(out, self.sharder, ("batch", "length", "act_vocab"))
 
 
