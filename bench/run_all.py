@@ -169,6 +169,9 @@ ADAPTERS = {
     ),
     "bench_data.py": (["--batches=50", "--repopulate_records=50"], [], _parse_data),
 }
+# bench_data's ratio is against the train step's tokens/s: re-running train re-runs data too, and a kept
+# train row feeds a data re-run.
+DEPENDS_ON = {"bench_data.py": "bench_train.py"}
 ORDER = [
     "bench_train.py",
     "bench_scaling.py",
@@ -248,11 +251,15 @@ def main() -> None:
         "one benchmark alone). Ratios are tpu_train / peer, so above 1.0x is better for throughput."
     )
     ctx: dict = {}
+    wanted |= {name for name, dep in DEPENDS_ON.items() if wanted and dep in wanted}
     kept = _kept_rows(Path(args.out), wanted) if wanted else {}
     rows: list[list[str]] = []
     for name in bench_scripts():
         if wanted and name not in wanted:
             rows += kept.get(name, [])
+            for cells in kept.get(name, []) if name == "bench_train.py" else []:
+                if cells[0].startswith("training tokens/s") and "float32" in cells[0]:
+                    ctx.setdefault("train_tokens_per_s", float(cells[1].replace(",", "")))
             continue
         rows += run_one(name, ctx, args.full, args.timeout)
         Path(args.out).write_text(render(rows, header))  # partial results survive an interruption
