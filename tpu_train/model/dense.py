@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 
 def dense(
@@ -36,7 +37,9 @@ def dense(
     in the backward pass the incoming gradient is cast back to the operands' dtype, as mixed-precision
     training does everywhere else.
     """
-    return _dense(contract, out_dtype, x, w)
+    # Named so that remat policies can keep it: the custom VJP hides the dot inside from
+    # `checkpoint_dots`-style policies, which `llama.remat_policy` therefore extends with this name.
+    return checkpoint_name(_dense(contract, out_dtype, x, w), "dense")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

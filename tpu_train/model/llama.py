@@ -151,11 +151,16 @@ def remat_policy(name: str):
     - save_qkv_attn: keep the q/k/v projections and the attention output.
     """
     policies = jax.checkpoint_policies
+    weight_matmuls = policies.save_only_these_names(
+        "dense"
+    )  # `dense()` outputs (see model/dense.py)
     return {
         "none": None,
         "full": policies.nothing_saveable,
-        "save_dots": policies.checkpoint_dots,
-        "save_dots_no_batch": policies.checkpoint_dots_with_no_batch_dims,
+        "save_dots": policies.save_from_both_policies(policies.checkpoint_dots, weight_matmuls),
+        "save_dots_no_batch": policies.save_from_both_policies(
+            policies.checkpoint_dots_with_no_batch_dims, weight_matmuls
+        ),
         "save_qkv_attn": policies.save_only_these_names("query", "key", "value", "attention"),
     }[name]
 
