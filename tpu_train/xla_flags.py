@@ -7,7 +7,7 @@ put in `XLA_FLAGS` is left as given.
 - `--xla_cpu_experimental_ynn_fusion_type=individual_dot`: hand XLA:CPU's dots to YNNPACK one by one,
   without the elementwise and reduce operations around them. Left to fuse them, YNNPACK took the softmax
   backward of attention into the score-gradient matmul and ran that fusion at about 11 GFLOP/s instead of
-  the 100-150 of a plain matmul: 1.6 s of a 14 s step (58M Llama, 8 x 512 tokens, see bench/bench_train.py).
+  the 75-170 of the plain matmuls in the same step: 1.6 s of a 14 s step (58M Llama, 8 x 512 tokens, see bench/bench_train.py).
   Measured side by side in alternating processes: 326 / 345 / 359 tokens/s with the flag against
   290 / 329 / 343 without.
 """

@@ -5,9 +5,10 @@
 The value is `jnp.tensordot`'s; only the weight gradient is written differently. Autodiff computes it as
 `g^T x` and transposes the small result, so XLA:CPU, whose matmul library wants the contracted dim of the
 left operand innermost, first copies the large activation gradient `g` ([tokens, out]) into transposed
-form: for the MLP's 1376-wide projections that copy was about 10% of a CPU step. Here the weight gradient
-contracts the token dims of whichever of `x` and `g` is smaller on the left, so the copy XLA makes is of
-the smaller one. On TPU either form compiles to the same matmul.
+form: for the MLP's 1376-wide projections those copies took about 7% of a CPU step (bench/bench_train.py
+shape, profiled). Here the weight gradient contracts the token dims of whichever of `x` and `g` is smaller
+on the left, so the copy XLA makes is of the smaller one. TPU performance of this form is not measured here;
+XLA:TPU chooses operand layouts itself and does not need such copies.
 
 Example:
     >>> import jax, jax.numpy as jnp

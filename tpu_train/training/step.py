@@ -50,7 +50,7 @@ def loss_sums(
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     # logsumexp written out so that its max also serves the accuracy metric: a target logit equal to the
     # row's max is a correct prediction (ties count as correct). A separate argmax costs one more pass
-    # over the [B, L, V] logits: about 4% of a CPU step at a 32k vocabulary.
+    # over the [B, L, V] logits: 2-3% of a CPU step at a 32k vocabulary (profiled).
     max_logit = jax.lax.stop_gradient(logits.max(axis=-1))
     log_z = max_logit + jnp.log(jnp.exp(logits - max_logit[..., None]).sum(axis=-1))
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # no one-hot
