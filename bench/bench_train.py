@@ -14,9 +14,9 @@ parameters) on the same batch (8 x 512 tokens) with AdamW, in float32:
 
 Each side runs in its own process, and the processes alternate (ours, torch, torch bf16, ours, ...) so a
 burst of load from other jobs hits every side alike; each side reports its best step (and the median).
-Separate processes because a user runs one framework at a time: in one process, torch's OpenMP threads
-keep spinning after each torch step and took cores from the XLA step that followed (ours measured 327
-tokens/s interleaved in one process against 452-472 alone). MFU uses the FLOP formula of
+Separate processes because a user runs one framework at a time, and because sharing a process slowed our
+step (327 tokens/s interleaved with torch against 452-472 alone; a likely cause, not measured, is torch's
+OpenMP threads still spinning after each torch step). MFU uses the FLOP formula of
 `tpu_train.training.metrics.flops_per_token` against the float32 peak of a large jitted matmul measured
 in the same run.
 """

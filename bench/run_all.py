@@ -87,11 +87,16 @@ def _ratio(a: float, b: float) -> str:
 # ratio, notes]).
 
 
-def _parse_train(out: str, ctx: dict) -> list[list[str]]:
-    rows = _table_rows(out)
+def _note_train_rate(rows: list[list[str]], ctx: dict) -> None:
+    """Puts our float32 training tokens/s (what bench_data compares against) into `ctx`."""
     for cells in rows:
         if cells[0].startswith("training tokens/s") and "float32" in cells[0]:
             ctx["train_tokens_per_s"] = float(cells[1].replace(",", ""))
+
+
+def _parse_train(out: str, ctx: dict) -> list[list[str]]:
+    rows = _table_rows(out)
+    _note_train_rate(rows, ctx)
     return rows
 
 
@@ -257,9 +262,8 @@ def main() -> None:
     for name in bench_scripts():
         if wanted and name not in wanted:
             rows += kept.get(name, [])
-            for cells in kept.get(name, []) if name == "bench_train.py" else []:
-                if cells[0].startswith("training tokens/s") and "float32" in cells[0]:
-                    ctx.setdefault("train_tokens_per_s", float(cells[1].replace(",", "")))
+            if name == "bench_train.py":
+                _note_train_rate(kept.get(name, []), ctx)
             continue
         rows += run_one(name, ctx, args.full, args.timeout)
         Path(args.out).write_text(render(rows, header))  # partial results survive an interruption
