@@ -16,7 +16,13 @@ from tpu_train.data import gsm8k_plus, gsm8k_to_programs
 from tpu_train.data.arith import AnnotationError, parse_annotation
 from tpu_train.data.gsm8k_programs import ConversionError, synthesize
 from tpu_train.data.gsm8k_to_programs import convert, read_gsm8k
-from tpu_train.data.records import FieldMap, ProgramRecord, RecordError, read_program_records
+from tpu_train.data.records import (
+    FieldMap,
+    ProgramRecord,
+    RecordError,
+    read_program_records,
+    write_jsonl,
+)
 from tpu_train.data.repopulate import draw_candidates, repopulate, well_formed
 from tpu_train.data.substitute import (
     SubstitutionError,
@@ -306,3 +312,39 @@ def test_repopulates_foreign_records_with_bare_variable_values(executor):
             f"A box has {apples} apples shared by {kids} kids"
         )
         assert Fraction(variant.gen_answer) == Fraction(apples, kids) and apples % kids == 0
+
+
+def test_context_words_match_the_regex_and_take_linear_time():
+    """`_last_words` equals the regex it replaces on random text, and handles a 2 MB word (the regex
+    backtracked quadratically: 20 KB took 6 s, so this input would not finish)."""
+    import random
+    import re
+
+    from tpu_train.data.gsm8k_programs import _context, _last_words
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(["a", "bb", " ", "  ", "\t", "c.", "\n"]) for _ in range(12))
+        assert _last_words(text, 5) == re.search(r"(?:\S+\s+){0,5}\S*$", text).group(0)
+    word = "x" * 2_000_000
+    assert _context(f"Tom has {word} and {{n}} apples.", "n").endswith("{n} apples")
+
+
+def test_repopulate_refuses_its_input_as_output_and_keeps_earlier_output(tmp_path):
+    from tpu_train.data import repopulate as repopulate_cli
+    from tpu_train.data.records import atomic_output
+
+    records, _ = read_program_records(PROGRAMS)
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, records[:2])
+    before = source.read_bytes()
+    with pytest.raises(SystemExit):
+        repopulate_cli.main([f"--input={source}", f"--output={source}"])
+    assert source.read_bytes() == before
+    # A failure mid-write leaves the earlier file as it was, and no partial file beside it.
+    with pytest.raises(RuntimeError), atomic_output(source) as handle:
+        handle.write("half a line")
+        raise RuntimeError("crash")
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.jsonl"
+    ]

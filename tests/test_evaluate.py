@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -92,6 +94,17 @@ def test_evaluate_cli_rejects_unknown_dataset(tmp_path) -> None:
     _write_jsonl(preds, [{"id": "1", "dataset": "gsm9k", "output": "1", "mode": "cot"}])
     done = _run("tpu_train.evaluate", f"--predictions={preds}", f"--out={tmp_path / 'r'}")
     assert done.returncode != 0 and "preds.jsonl:1: field 'dataset'" in done.stderr
+
+
+def test_evaluate_rejects_duplicate_predictions(tmp_path) -> None:
+    """Nine copies of one right answer once scored "11 items, 90.9%"."""
+    from tpu_train.evaluation.pipeline import InputError, read_predictions
+
+    preds = tmp_path / "preds.jsonl"
+    row = {"id": "gsm8k/0", "dataset": "gsm8k", "output": "The answer is 18.", "mode": "cot"}
+    _write_jsonl(preds, [row, {**row, "id": "gsm8k/1"}, {**row, "id": "0"}])
+    with pytest.raises(InputError, match=r"preds.jsonl:3: a second prediction .* line 1"):
+        read_predictions(str(preds))
 
 
 def test_oracle_cli() -> None:

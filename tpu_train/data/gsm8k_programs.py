@@ -481,6 +481,17 @@ def _assemble(
     return Draft(problem_id, question, general, "\n".join(lines), variables, gold)
 
 
+def _last_words(text: str, count: int) -> str:
+    """The end of `text` from `count` whole words before its last (possibly empty) word, in linear time:
+    what `re.search(r"(?:\\S+\\s+){0,5}\\S*$", text)` matches, without its quadratic backtracking on
+    a long word (every start position would be tried)."""
+    parts = re.split(r"(\s+)", text)  # word, space, word, ..., last word ("" after trailing space)
+    start = len(parts) - 1
+    while start >= 2 and (len(parts) - 1 - start) // 2 < count and parts[start - 2]:
+        start -= 2
+    return "".join(parts[start:])
+
+
 def _context(general: str, name: str) -> str:
     """The words of the problem around `{name}`: up to five before it in its sentence and up to three
     after it in its clause, e.g. "sold clips to {friends} of her friends".
@@ -491,7 +502,7 @@ def _context(general: str, name: str) -> str:
     """
     at = general.index("{" + name + "}")
     sentence = re.split(r"[.;:!?](?:\s|$)", general[:at])[-1]
-    before = re.search(r"(?:\S+\s+){0,5}\S*$", sentence).group(0)
+    before = _last_words(sentence, 5)
     clause = re.split(r"[.,;:!?](?:\s|$)", general[at + len(name) + 2 :], maxsplit=1)[0]
     after = re.match(r"\S*(?:\s+\S+){0,3}", clause).group(0)
     text = " ".join((before + "{" + name + "}" + after).split())

@@ -16,9 +16,12 @@ Example:
 from __future__ import annotations
 
 import ast
+import contextlib
 import gzip
 import json
-from collections.abc import Iterator, Mapping
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -181,6 +184,29 @@ def open_text(path: str | Path, mode: str = "r") -> IO[str]:
     return open(path, mode, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def atomic_output(path: str | Path, inputs: Sequence[str | Path] = ()) -> Iterator[IO[str]]:
+    """A text file (".gz" compresses) written under a temporary name beside `path` and renamed into place
+    only when the block completes: a failure mid-write leaves the earlier `path` untouched. Refuses a
+    `path` that is one of `inputs` (writing it would destroy what is being read)."""
+    path = Path(path)
+    for source in inputs:
+        if Path(source).resolve() == path.resolve():
+            raise ValueError(f"{path}: the output is also an input; write to another file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        compressed = str(path).endswith(".gz")
+        opened = gzip.open(tmp, "wt", encoding="utf-8") if compressed else open(tmp, "w")  # noqa: SIM115
+        with opened as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, str]]:
     """Yield ("file:line", text) for each non-blank line of a JSONL file (".gz" accepted)."""
     with open_text(path) as handle:
@@ -209,9 +235,8 @@ def read_program_records(
 
 
 def write_jsonl(path: str | Path, records: list[ProgramRecord]) -> None:
-    """Write records one JSON object per line (parent folders are created; ".gz" compresses)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open_text(path, "w") as handle:
+    """Write records one JSON object per line (parent folders are created; ".gz" compresses), atomically
+    (`atomic_output`)."""
+    with atomic_output(path) as handle:
         for record in records:
             handle.write(record.to_json() + "\n")

@@ -26,11 +26,19 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from tpu_train.data.records import FieldMap, ProgramRecord, RecordError, iter_jsonl, open_text
+from tpu_train.data.records import (
+    FieldMap,
+    ProgramRecord,
+    RecordError,
+    atomic_output,
+    iter_jsonl,
+    open_text,
+)
 from tpu_train.data.substitute import SubstitutionError, check_substitutable, substitute
 from tpu_train.data.textnums import canonical_answer, decimal_places
 from tpu_train.data.variables import complete_spec, draw_value
@@ -235,12 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="sandbox worker processes")
     parser.add_argument("--timeout_s", type=float, default=5.0, help="per-program time limit")
     args = parser.parse_args(argv)
+    if Path(args.input).resolve() == Path(args.output).resolve():
+        parser.error(
+            f"--output {args.output} is the --input file; write the variants to another file"
+        )
     with open_text(args.input) as handle:
         total = sum(1 for line in handle if line.strip())
     skipped: list[str] = []
     records = _read(args.input, FieldMap.parse(args.field_map), args.skip_bad_lines, skipped)
     config = ExecutorConfig(timeout_s=args.timeout_s, workers=args.workers)
-    with Executor(config) as executor, open_text(args.output, "w") as out:
+    with atomic_output(args.output, inputs=[args.input]) as out, Executor(config) as executor:
         if args.keep_original:
             for record in _read(args.input, FieldMap.parse(args.field_map), True, []):
                 out.write(record.to_json() + "\n")
