@@ -18,9 +18,9 @@ cd "$(dirname "$0")"
 VENV=.venv
 PYTHON_BIN=${PYTHON:-python3}
 
-# Installs the project (editable) with the given extras ("" = runtime only, "test" = + torch, transformers,
-# pytest, ruff) unless this pyproject.toml was installed already with them (any extras cover ""); the
-# stamp makes repeated runs take a second.
+# Installs the project (editable) with the given extras ("" = runtime only, "hf" = + torch, transformers,
+# "test" = hf + pytest, ruff) unless this pyproject.toml was installed already with them ("test" covers
+# "hf", any extras cover ""); the stamp makes repeated runs take a second.
 ensure_env() {
   local extras=$1
   if [ ! -x "$VENV/bin/python" ]; then
@@ -34,7 +34,8 @@ ensure_env() {
   want="$hash [$extras]"
   target="."
   [ -n "$extras" ] && target=".[$extras]"
-  if [ -f "$stamp" ] && { grep -qxF -- "$want" "$stamp" || { [ -z "$extras" ] && grep -q "^$hash " "$stamp"; }; }; then
+  if [ -f "$stamp" ] && { grep -qxF -- "$want" "$stamp" || { [ -z "$extras" ] && grep -q "^$hash " "$stamp"; } \
+      || { [ "$extras" = hf ] && grep -qxF -- "$hash [test]" "$stamp"; }; }; then
     return
   fi
   echo "[launch] installing tpu_train${extras:+[$extras]} into $VENV (a few minutes on a fresh machine)" >&2
@@ -49,8 +50,8 @@ cmd=${1:-main}
 
 case "$cmd" in
   main)
-    # The embedded default: program data -> training -> sandboxed evaluation -> HF export (CPU, shipped data).
-    ensure_env ""
+    # The embedded default: import SmolLM2 -> zero-shot eval -> fine-tune -> eval -> HF export (CPU).
+    ensure_env hf
     exec "$VENV/bin/python" -m tpu_train.embedded "$@"
     ;;
   roundtrip)

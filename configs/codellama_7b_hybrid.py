@@ -3,7 +3,7 @@ optimised as the published recipe (see `published_recipe`); an epoch is both set
 (101,380 + 262,039 records), mixed by size.
 
     python -m tpu_train.train --config=configs/codellama_7b_hybrid.py --workdir=gs://BUCKET/runs/cl-7b-hybrid \
-        --config.init.hf_dir=/path/to/CodeLlama-7b-hf --config.data.tokenizer=/path/to/CodeLlama-7b-hf/tokenizer.model
+        --config.init.hf_dir=/path/to/CodeLlama-7b-hf
 """
 
 from tpu_train.training.base_config import published_recipe

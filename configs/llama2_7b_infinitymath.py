@@ -2,7 +2,7 @@
 InfinityMATH records = 3 x 793 steps of 128 sequences.
 
     python -m tpu_train.train --config=configs/llama2_7b_infinitymath.py --workdir=gs://BUCKET/runs/l2-7b-im \
-        --config.init.hf_dir=/path/to/Llama-2-7b-hf --config.data.tokenizer=/path/to/Llama-2-7b-hf/tokenizer.model
+        --config.init.hf_dir=/path/to/Llama-2-7b-hf
 """
 
 from tpu_train.training.base_config import published_recipe

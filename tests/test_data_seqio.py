@@ -14,7 +14,7 @@ from tpu_train.data.builders import Infinitymath, InfinitymathConfig, Mathinstru
 from tpu_train.data.builders.mathinstruct import MathinstructConfig
 from tpu_train.data.inspect import inspect_task
 from tpu_train.data.pipeline import feature_converter, packing_stats, task_feature_lengths
-from tpu_train.data.prompts import POT_TRIGGER, format_prompt
+from tpu_train.data.prompts import ALPACA, POT_TRIGGER
 from tpu_train.data.records import RecordError
 from tpu_train.data.sources import Source, prepare
 from tpu_train.data.tasks import add_task, register_tasks
@@ -174,7 +174,7 @@ def test_loss_mask_is_exactly_response_and_eos(task):
         span = np.flatnonzero(weights)
         assert (np.diff(span) == 1).all()
         prompt = vocab.decode(tokens[: span[0]].tolist())
-        assert prompt.startswith(format_prompt("Tom has")[:60]) and prompt.endswith(
+        assert prompt.startswith(ALPACA.render("Tom has")[:60]) and prompt.endswith(
             POT_TRIGGER + "\n\n### Response:"
         )
         assert tokens[0] == 1  # BOS
@@ -282,3 +282,77 @@ def test_infinitymath_task_over_user_file_with_field_map(manual_dir, tmp_path):
     assert len(examples) == 12
     assert all(ex["inputs_pretokenized"].decode().endswith(POT_TRIGGER + "\n\n### Response:")
                for ex in examples)  # fmt: skip
+
+
+def _rows(name: str, length: int, pack: bool, **kwargs) -> list[dict]:
+    from tpu_train.data.pipeline import get_dataset
+
+    ds = get_dataset(name, length, batch_size=1, shuffle=False, num_epochs=1, pack=pack,
+                     shard_info=seqio.ShardInfo(0, 1), **kwargs)  # fmt: skip
+    return [{k: v[0] for k, v in batch.items()} for batch in tfds.as_numpy(ds)]
+
+
+def test_training_rows_are_the_token_sequence_the_sampler_feeds(task):
+    """The model reads [BOS, prompt..., response...] from position 0 in training, exactly the ids the
+    sampler encodes for the same prompt, and predicts each next token (no leading 0 slot)."""
+    from tpu_train.sampling.tokenizer import SentencePieceTokenizer
+
+    tokenizer = SentencePieceTokenizer(TOKENIZER)
+    rows = _rows(task.name, 256, pack=False)
+    assert len(rows) == 12
+    seen = set()
+    for row in rows:
+        inputs, targets = row["decoder_input_tokens"], row["decoder_target_tokens"]
+        weights = row["decoder_loss_weights"]
+        bags = int(tokenizer.decode(inputs.tolist()).split("Tom has ")[1].split()[0])
+        seen.add(bags)
+        prompt = ALPACA.render(f"Tom has {bags} bags of 3 apples. How many apples?" + POT_TRIGGER)
+        fed = tokenizer.encode(prompt)  # what Sampler.generate feeds: BOS + prompt
+        assert fed[0] == tokenizer.bos_id
+        assert inputs[: len(fed)].tolist() == fed
+        # Next-token targets: the first loss target is the first response token, read after the prompt.
+        n = int((targets > 0).sum())
+        assert targets[: n - 1].tolist() == inputs[1:n].tolist()
+        assert np.flatnonzero(weights)[0] == len(fed) - 1
+        assert targets[n - 1] == tokenizer.eos_ids[0] and weights[n - 1] == 1
+    assert seen == set(range(2, 14))
+
+
+def test_packed_examples_each_start_at_position_zero_with_bos(task):
+    rows = _rows(task.name, 512, pack=True)
+    starts = 0
+    for row in rows:
+        seg, pos, inputs = (
+            row["decoder_segment_ids"],
+            row["decoder_positions"],
+            row["decoder_input_tokens"],
+        )
+        for s in np.unique(seg[seg > 0]):
+            sel = np.flatnonzero(seg == s)
+            assert pos[sel].tolist() == list(range(len(sel)))
+            assert inputs[sel[0]] == 1  # BOS at position 0, as the sampler puts it
+            starts += 1
+        assert (row["decoder_loss_weights"][seg == 0] == 0).all()
+    assert starts == 12
+
+
+def test_overlong_examples_are_dropped_and_counted(tmp_path):
+    """A prompt that does not fit is not cut (losing '### Response:'), a response that does not fit does
+    not keep a false EOS: both are left out, and counted."""
+    from tpu_train.data.tasks import count_overlong
+
+    records = [_record(i, 3 * (i + 2)) for i in range(4)]
+    records[1]["problem_text"] = "Tom has 3 bags of 3 apples. " * 30 + "How many apples?"
+    records[2]["generated_program"] += "\n" + "    # padding comment words\n" * 60
+    _write(tmp_path / "long.jsonl", records)
+    config = _config("syn_long", "long.jsonl", validation_percent=0)
+    task = add_task("test_data_overlong", "infinitymath", "program", TOKENIZER, tmp_path / "tfds",
+                    tmp_path, config=config)  # fmt: skip
+    lengths = {"inputs": 128, "targets": 128}
+    assert count_overlong(task.name, lengths) == (2, 4)
+    rows = _rows(task.name, 256, pack=False, feature_lengths=lengths)
+    assert len(rows) == 2
+    vocab = task.output_features["targets"].vocabulary
+    for row in rows:
+        text = vocab.decode(row["decoder_input_tokens"].tolist())
+        assert "### Response:" in text

@@ -160,3 +160,12 @@ def test_export_is_atomic(hf_llama_factory, tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="overwrite"):
         (tmp_path / "out").mkdir()
         export_hf(tmp_path / "w", tmp_path / "out")
+
+
+def test_export_refuses_an_out_dir_overlapping_the_workdir(tmp_path, hf_llama_factory):
+    hf_dir, _ = hf_llama_factory()
+    import_hf(hf_dir, tmp_path / "w")
+    for out in (tmp_path / "w", tmp_path / "w" / "hf", tmp_path):
+        with pytest.raises(ValueError, match="overlaps the workdir"):
+            export_hf(tmp_path / "w", out, overwrite=True)
+    assert (tmp_path / "w" / "checkpoints").is_dir()  # nothing was deleted

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_hf_llama
+from tpu_train.data.prompts import ALPACA
 from tpu_train.interop.hf import import_hf
 from tpu_train.sampling import (
-    ALPACA_STOP,
     STOP_REASONS,
     Sampler,
     SamplingParams,
     SentencePieceTokenizer,
-    apply_template,
     load_for_sampling,
 )
 
@@ -152,8 +151,8 @@ def test_cli_jsonl_with_alpaca_template(hf_dir, tmp_path):
     model, tokenizer, eos_ids = load_for_sampling(hf_dir=hf_dir, compute_dtype="float32")
     sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids)
     expected = sampler.generate(
-        [apply_template(p["prompt"], "alpaca") for p in prompts],
-        SamplingParams(max_new_tokens=10, stop=ALPACA_STOP),
+        [ALPACA.render(p["prompt"]) for p in prompts],
+        SamplingParams(max_new_tokens=10, stop=ALPACA.stop),
     )
     assert [(line["output"], line["stop_reason"], line["tokens"]) for line in lines] == [
         (c.text, c.stop_reason, len(c.tokens)) for c in expected

@@ -51,7 +51,9 @@ def test_accumulation_equals_one_big_batch():
     config = tiny_config()
     cfg = get_preset("tiny", compute_dtype="float32")
     params = canonical_params(init_model(cfg, seed=0))
-    tx = optax.adamw(1e-3)
+    # Plain SGD at rate 1: the update is the gradient itself. (Adam's first step, g / (|g| + eps), turns
+    # float rounding of a near-zero gradient into an update difference of up to the learning rate.)
+    tx = optax.sgd(1.0)
     batch = _batch(config, 8)
     results = []
     for micro in (1, 4):
@@ -243,9 +245,7 @@ def test_published_recipes_check_out_but_for_the_users_checkpoint(name, preset, 
     )
     assert config.model.compute_dtype == "bfloat16" and config.optimizer.schedule == "cosine"
     # On a 64-chip slice with 8 hosts everything checks out except the checkpoint the user downloads.
-    with pytest.raises(
-        ConfigError, match=r"data.tokenizer: data/hf/.*/tokenizer.model does not exist"
-    ):
+    with pytest.raises(ConfigError, match=r"init.hf_dir: data/hf/.* does not exist"):
         check_config(config, get_preset(preset), num_devices=64, process_count=8)
 
 

@@ -1,20 +1,36 @@
-"""Orbax checkpoints of a workdir.
+"""The workdir and its Orbax checkpoints: one module, one manager, one place that decides how a run starts.
 
 Layout of a workdir:
 
     W/model_config.json        the LlamaConfig (JSON) every checkpoint in W was made with
-    W/tokenizer.model          optional sentencepiece model travelling with the weights
-    W/checkpoints/<step>/      Orbax CheckpointManager steps; item "params" holds the canonical
-                               (layers-stacked) parameter tree; training adds its own items beside it
+    W/tokenizer.json (+ tokenizer_config.json)  or  W/tokenizer.model
+                               the tokenizer travelling with the weights (Hugging Face or sentencepiece)
+    W/prompt_format.json       the prompt format the model was trained in (`tpu_train.data.prompts`)
+    W/checkpoints/<step>/      Orbax CheckpointManager steps, items:
+        params     canonical (layers-stacked) parameter tree: what import, export and sampling use
+        opt_state  optimizer state (absent for a step-0 checkpoint made by an import)
+        progress   {"step": s}: the input pipeline resumes by skipping s batches
+        config     the training config as JSON, for the record
 
-Restoring always targets the *current* mesh: the caller passes the abstract tree with the shardings it
+Orbax writes each step into a temporary directory and renames it when complete, so a process killed
+mid-save leaves no step that restores half-written; the next start finds the last complete one.
+Restoring always targets the *current* mesh: the caller passes abstract arrays with the shardings it
 wants, so a checkpoint written on fsdp=8 restores onto data=2 x fsdp=4 or onto one CPU.
+
+How a training run starts (`start`, the one place this is decided):
+
+    W has a checkpoint         -> resume from the latest step (parameters and, if saved, optimizer state)
+    else an import is given    -> import it and save it as step 0 through the same manager, then train
+    else                       -> initialise from scratch
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orbax.checkpoint as ocp
 from etils import epath
@@ -23,21 +39,16 @@ from tpu_train.model.config import LlamaConfig
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG_FILE = "model_config.json"
-TOKENIZER_FILE = "tokenizer.model"
+SENTENCEPIECE_FILE = "tokenizer.model"
+# Hugging Face tokenizer files travel together; tokenizer.json is the one that must exist.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, *HF_TOKENIZER_FILES)
 
 
 def workdir_path(workdir: str | Path) -> epath.Path:
     """A workdir as a path object that also understands Cloud Storage (gs://...) paths."""
     path = epath.Path(workdir)
     return path if str(workdir).startswith("gs://") else epath.Path(Path(workdir).absolute())
-
-
-def manager(workdir: str | Path, **options) -> ocp.CheckpointManager:
-    """A CheckpointManager over W/checkpoints (`options`: CheckpointManagerOptions fields)."""
-    return ocp.CheckpointManager(
-        workdir_path(workdir) / CHECKPOINT_DIR,
-        options=ocp.CheckpointManagerOptions(create=True, **options),
-    )
 
 
 def write_model_config(workdir: str | Path, cfg: LlamaConfig) -> None:
@@ -56,35 +67,189 @@ def read_model_config(workdir: str | Path) -> LlamaConfig:
         raise ValueError(f"{path}: {e}") from e
 
 
+def copy_tokenizer(source: str | Path, workdir: str | Path) -> list[str]:
+    """Copies a tokenizer into the workdir, where sampling, evaluation and export read it, beside its
+    weights; returns the file names written. `source` (local or gs://) is a directory holding
+    tokenizer.json (+ its config) or tokenizer.model, or one of those files."""
+    source, target = epath.Path(source), workdir_path(workdir)
+    if source.is_dir():
+        pairs = [(source / name, name) for name in TOKENIZER_FILES if (source / name).exists()]
+    elif source.name.endswith(".model"):  # any sentencepiece model file
+        pairs = [(source, SENTENCEPIECE_FILE)]
+    else:  # tokenizer.json: its config files beside it travel with it
+        pairs = [(source.parent / n, n) for n in HF_TOKENIZER_FILES if (source.parent / n).exists()]
+    if not pairs or not pairs[0][0].exists():
+        raise FileNotFoundError(f"{source}: no tokenizer.json or tokenizer.model there")
+    target.mkdir(parents=True, exist_ok=True)
+    for path, name in pairs:
+        (target / name).write_bytes(path.read_bytes())
+    return [name for _, name in pairs]
+
+
+class Checkpointer:
+    """The one Orbax CheckpointManager over W/checkpoints; every save and restore of a workdir goes here.
+
+    Args:
+        workdir: local path or gs://...
+        every_steps: `should_save(step)` is true every this many steps (0: only when forced).
+        keep: most recent steps kept (0: all); keep_every: also keep every this many steps (0: none).
+        async_save: save in a background thread (training); imports and tools save synchronously.
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        every_steps: int = 0,
+        keep: int = 0,
+        keep_every: int = 0,
+        async_save: bool = False,
+    ):
+        self.workdir = workdir_path(workdir)
+        self.every_steps = every_steps
+        self.manager = ocp.CheckpointManager(
+            self.workdir / CHECKPOINT_DIR,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep or None,
+                keep_period=keep_every or None,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+                create=True,
+            ),
+        )
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def save(
+        self,
+        step: int,
+        params: Any,
+        opt_state: Any = None,
+        config_json: dict | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Starts saving step `step` (async when configured); returns whether a save was started."""
+        if step in self.manager.all_steps():
+            return False
+        items: dict[str, Any] = dict(
+            params=ocp.args.StandardSave(params), progress=ocp.args.JsonSave({"step": step})
+        )
+        if opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        if config_json is not None:
+            items["config"] = ocp.args.JsonSave(config_json)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(
+        self, step: int | None, abstract_params: Any, abstract_opt_state: Any = None
+    ) -> tuple[Any, Any, int]:
+        """Restores `step` (None: latest) onto the shapes and shardings of the abstract trees.
+        Returns (params, opt_state or None, step): opt_state is None when not asked for or not saved
+        (a step-0 import)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.workdir / CHECKPOINT_DIR}: no checkpoint to restore")
+        if step not in self.manager.all_steps():
+            raise FileNotFoundError(
+                f"{self.workdir}: no checkpoint at step {step}; have {self.all_steps()}"
+            )
+        items = self.manager.item_metadata(step)
+        args = dict(params=ocp.args.StandardRestore(abstract_params))
+        with_opt = abstract_opt_state is not None and items is not None and "opt_state" in items
+        if with_opt:
+            args["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        return restored["params"], restored["opt_state"] if with_opt else None, step
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
 def save_params(workdir: str | Path, step: int, params: dict, cfg: LlamaConfig) -> None:
-    """Writes `params` (canonical tree) as step `step` and records the model config; blocks until done."""
-    write_model_config(workdir, cfg)
-    with manager(workdir) as mngr:
-        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
-        mngr.wait_until_finished()
+    """Writes `params` (canonical tree) as step `step` and records the model config; blocks until done.
+
+    Refuses a workdir that already has a checkpoint at or after `step`: Orbax would skip the save while
+    the model config was overwritten, leaving checkpoints that no longer restore."""
+    with Checkpointer(workdir) as ckpt:
+        latest = ckpt.latest_step()
+        if latest is not None and latest >= step:
+            raise FileExistsError(
+                f"{ckpt.workdir}: already has checkpoints up to step {latest}; "
+                "use a new workdir (nothing was written)"
+            )
+        write_model_config(workdir, cfg)
+        if not ckpt.save(step, params):
+            raise RuntimeError(f"{ckpt.workdir}: Orbax did not save step {step}")
+        ckpt.wait()
 
 
 def latest_step(workdir: str | Path) -> int | None:
     if not (workdir_path(workdir) / CHECKPOINT_DIR).exists():
         return None
-    with manager(workdir) as mngr:
-        return mngr.latest_step()
+    with Checkpointer(workdir) as ckpt:
+        return ckpt.latest_step()
 
 
 def restore_params(workdir: str | Path, target: dict, step: int | None = None) -> tuple[dict, int]:
     """Restores the "params" item of `step` (default: latest) onto `target`'s shapes and shardings
     (e.g. `tpu_train.model.params.canonical_abstract`). Returns (params, step)."""
-    step = latest_step(workdir) if step is None else step
-    if step is None:
+    if not (workdir_path(workdir) / CHECKPOINT_DIR).exists():
         raise FileNotFoundError(
             f"{workdir_path(workdir) / CHECKPOINT_DIR}: no checkpoint to restore"
         )
-    with manager(workdir) as mngr:
-        if step not in mngr.all_steps():
-            raise FileNotFoundError(
-                f"{workdir}: no checkpoint at step {step}; have {mngr.all_steps()}"
-            )
-        restored = mngr.restore(
-            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
-        )
-    return restored["params"], step
+    with Checkpointer(workdir) as ckpt:
+        params, _, step = ckpt.restore(step, target)
+    return params, step
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """How a run starts: its parameters, optimizer state (None: initialise it), step and why."""
+
+    params: Any
+    opt_state: Any
+    step: int
+    how: str  # "resumed" | "imported" | "initialised"
+
+
+def start(
+    ckpt: Checkpointer,
+    abstract_params: Any,
+    abstract_opt_state: Any,
+    *,
+    import_params: Callable[[], Any] | None,
+    init_params: Callable[[], Any],
+) -> Start:
+    """Resume, import or initialise, in that order (see the module docstring).
+
+    `import_params` (None: nothing to import) returns the imported parameters, already on the current
+    mesh; they are saved as step 0 through `ckpt` itself, so the step is visible to this run and a crash
+    before the first training checkpoint resumes from the import rather than from random weights.
+    """
+    if ckpt.latest_step() is not None:
+        params, opt_state, step = ckpt.restore(None, abstract_params, abstract_opt_state)
+        return Start(params, opt_state, step, "resumed")
+    if import_params is not None:
+        params = import_params()
+        if not ckpt.save(0, params, force=True):
+            raise RuntimeError(f"{ckpt.workdir}: Orbax did not save the imported step 0")
+        ckpt.wait()
+        return Start(params, None, 0, "imported")
+    return Start(init_params(), None, 0, "initialised")

@@ -46,6 +46,12 @@ _MODE = flags.DEFINE_enum("mode", "hybrid", ["hybrid", "pot", "cot"], "decoding 
 _LIMIT = flags.DEFINE_integer("limit", None, "first N items of each benchmark (all by default)")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "tokens sampled per answer")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "prompts decoded together")
+_PROMPT_FORMAT = flags.DEFINE_enum(
+    "prompt_format",
+    "",
+    ["", "alpaca", "chat"],
+    "prompt format (default: the one the workdir trained with; alpaca for --hf_dir)",
+)
 
 
 def _oracle() -> int:
@@ -70,11 +76,11 @@ def _evaluate_model() -> None:
     import json
     import os
 
+    from tpu_train.data.prompts import resolve_format
     from tpu_train.evaluation import model_eval
     from tpu_train.sampling.loading import load_for_sampling
     from tpu_train.sampling.sampler import Sampler
     from tpu_train.sampling.sampling_params import SamplingParams
-    from tpu_train.sampling.tokenizer import ALPACA_STOP
 
     records = []
     for name in _BENCHMARKS.value:
@@ -86,10 +92,12 @@ def _evaluate_model() -> None:
     model, tokenizer, eos_ids = load_for_sampling(
         **source, step=_STEP.value, compute_dtype="float32"
     )
+    directory = next(iter(source.values()))
     if tokenizer is None:
-        raise app.UsageError(f"no tokenizer.model in {next(iter(source.values()))}")
+        raise app.UsageError(f"no tokenizer.json or tokenizer.model in {directory}")
+    prompt_format = resolve_format(_PROMPT_FORMAT.value, directory)
     sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids, batch_size=_BATCH.value)
-    params = SamplingParams(max_new_tokens=_MAX_NEW.value, stop=ALPACA_STOP)
+    params = SamplingParams(max_new_tokens=_MAX_NEW.value, stop=prompt_format.stop)
 
     def generate(prompts: list[str]) -> list[str]:
         print(f"sampling {len(prompts)} completions", file=sys.stderr, flush=True)
@@ -98,17 +106,18 @@ def _evaluate_model() -> None:
     config = ExecutorConfig(
         workers=_WORKERS.value, timeout_s=_TIMEOUT.value, allow_weaker=_ALLOW_WEAKER.value
     )
-    items, meta = model_eval.evaluate_model(generate, records, _MODE.value, config)
+    items, meta = model_eval.evaluate_model(generate, records, _MODE.value, config, prompt_format)
     rows = pipeline.write_outputs(items, meta, _OUT.value)
     settings = {
         **source,
         "mode": _MODE.value,
+        "prompt_format": prompt_format.name,
         "benchmarks": _BENCHMARKS.value,
         "limit": _LIMIT.value,
         "sampling": {
             "temperature": 0.0,
             "max_new_tokens": _MAX_NEW.value,
-            "stop": list(ALPACA_STOP),
+            "stop": list(prompt_format.stop),
         },
     }
     with open(os.path.join(_OUT.value, "sampling.json"), "w") as handle:

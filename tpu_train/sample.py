@@ -24,14 +24,8 @@ import time
 import jax
 from absl import app, flags
 
-from tpu_train.sampling import (
-    ALPACA_STOP,
-    Sampler,
-    SamplingParams,
-    apply_template,
-    load_for_sampling,
-)
-from tpu_train.sampling.tokenizer import TEMPLATES
+from tpu_train.data.prompts import resolve_format
+from tpu_train.sampling import Sampler, SamplingParams, load_for_sampling
 from tpu_train.sharding import Sharder, make_mesh
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "tpu_train workdir to sample from")
@@ -45,7 +39,13 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "softmax temperature; 0 = 
 _TOP_K = flags.DEFINE_integer("top_k", 0, "sample among the k most likely tokens (0: off)")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (1: off)")
 _SEED = flags.DEFINE_integer("seed", 0, "random seed")
-_TEMPLATE = flags.DEFINE_enum("template", "none", sorted(TEMPLATES), "prompt template")
+_TEMPLATE = flags.DEFINE_enum(
+    "template",
+    "none",
+    ["none", "workdir", "alpaca", "chat"],
+    "prompt format around each prompt: none (as given), workdir (the format the model trained with), "
+    "alpaca, or chat (the tokenizer's chat template)",
+)
 _STOP = flags.DEFINE_multi_string("stop", None, "stop string (repeatable)")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "prompts decoded together")
 _CACHE = flags.DEFINE_integer("cache_size", None, "cache slots per row (default: max_seq_len)")
@@ -100,10 +100,13 @@ def main(argv: list[str]) -> None:
         sharder=_sharder(),
         **overrides,
     )
+    source = _WORKDIR.value or _HF_DIR.value
     if tokenizer is None:
-        source = _WORKDIR.value or _HF_DIR.value
-        raise app.UsageError(f"{source} has no tokenizer.model to encode prompts with")
-    stop = tuple(_STOP.value) if _STOP.value else ALPACA_STOP if _TEMPLATE.value == "alpaca" else ()
+        raise app.UsageError(f"{source} has no tokenizer.json or tokenizer.model to encode prompts")
+    fmt = None
+    if _TEMPLATE.value != "none":
+        fmt = resolve_format("" if _TEMPLATE.value == "workdir" else _TEMPLATE.value, source)
+    stop = tuple(_STOP.value) if _STOP.value else fmt.stop if fmt else ()
     params = SamplingParams(
         max_new_tokens=_MAX_NEW.value,
         temperature=_TEMPERATURE.value,
@@ -120,7 +123,8 @@ def main(argv: list[str]) -> None:
         batch_size=_BATCH.value,
     )
     start = time.perf_counter()
-    completions = sampler.generate([apply_template(p, _TEMPLATE.value) for _, p in prompts], params)
+    texts = [fmt.render(p) if fmt else p for _, p in prompts]
+    completions = sampler.generate(texts, params)
     seconds = time.perf_counter() - start
     out = open(_OUTPUT.value, "w") if _OUTPUT.value else sys.stdout  # noqa: SIM115
     try:

@@ -1,17 +1,25 @@
 """Packed, loss-masked training batches from a SeqIO task or mixture, one shard per host.
 
 `get_dataset` runs the task through `seqio.PrefixLMFeatureConverter(loss_on_targets_only=True)`,
-which packs several examples per row and yields, per row of length L:
+which packs several examples per row, and then drops the first slot of every example (see below), so
+that a row of length L holds, for an example with tokens x_0 x_1 ... x_n (x_0 the BOS if the tokenizer
+adds one, else the first prompt token; x_n the EOS):
 
-    decoder_target_tokens   [BOS prompt... response... EOS | next example ... | 0 0]
-    decoder_input_tokens    the same shifted right by one, 0 at each example start
-    decoder_loss_weights    1 on response + EOS tokens only, 0 on prompt and padding
+    decoder_input_tokens    [x_0 ... x_{n-1} | next example ... | 0 0]   what the model reads
+    decoder_target_tokens   [x_1 ... x_n     | next example ... | 0 0]   what it predicts
+    decoder_loss_weights    1 where the target is a response or EOS token, 0 on prompt and padding
     decoder_segment_ids     1, 2, ... per packed example, 0 on padding
     decoder_positions       0.. within each example
     decoder_causal_attention (prefix-LM mask; a causal decoder ignores it)
 
-Padding is id 0 (SeqIO's pad id; `<pad>` in the shipped tokenizer, `<unk>` in Llama's) and is
-never the EOS id. Each host reads its own shard: `host_shard_info()` = (process index, count).
+Why the drop: SeqIO's autoregressive shift starts every example's input with id 0, so the model would
+train on [0, BOS, prompt...] with the prompt one position late, while the sampler feeds [BOS, prompt...].
+Without the slot whose input is that 0 (its target, x_0, is never a loss target), training rows and
+sampler inputs are the same token sequence at the same positions.
+
+Padding is id 0 (SeqIO's pad id) and is told apart from tokens by segment id 0 and loss weight 0, so a
+tokenizer whose id 0 is a real token, or whose pad token is its EOS (SmolLM2), still learns EOS. Each
+host reads its own shard: `host_shard_info()` = (process index, count).
 
 Example:
     >>> register_tasks()  # doctest: +SKIP
@@ -88,9 +96,40 @@ def get_dataset(
     )
     options = tf.data.Options()
     options.deterministic = True
+    ds = ds.map(drop_start_slots, num_parallel_calls=tf.data.AUTOTUNE)
     return (
         ds.with_options(options).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     )
+
+
+def drop_start_slots(row: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Removes each example's first slot from one converted row (whose input is the converter's start
+    id 0) and pads the row back to its length; positions restart at 0 (module docstring).
+
+    Example (unpacked; [5, 6, 7] an example, 0 padding):
+        >>> row = {"decoder_target_tokens": tf.constant([5, 6, 7, 0]),
+        ...        "decoder_input_tokens": tf.constant([0, 5, 6, 0]),
+        ...        "decoder_loss_weights": tf.constant([0, 1, 1, 0])}
+        >>> {k: v.numpy().tolist() for k, v in drop_start_slots(row).items()}
+        {'decoder_target_tokens': [6, 7, 0, 0], 'decoder_input_tokens': [5, 6, 0, 0], 'decoder_loss_weights': [1, 1, 0, 0]}
+    """
+    length = tf.shape(row["decoder_target_tokens"])[0]
+    if "decoder_segment_ids" in row:
+        starts = tf.logical_and(
+            tf.equal(row["decoder_positions"], 0), tf.greater(row["decoder_segment_ids"], 0)
+        )
+    else:
+        starts = tf.equal(tf.range(length), 0)
+    keep = tf.logical_not(starts)
+
+    def shrink(values: tf.Tensor) -> tf.Tensor:
+        kept = tf.boolean_mask(values, keep)
+        return tf.pad(kept, [[0, length - tf.shape(kept)[0]]])
+
+    out = {name: shrink(values) for name, values in row.items()}
+    if "decoder_positions" in row:
+        out["decoder_positions"] = tf.maximum(out["decoder_positions"] - 1, 0)
+    return out
 
 
 def packing_stats(batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:

@@ -1,57 +1,82 @@
-"""Step 3 of the embedded default: sample programs from the trained model, run them, grade them.
+"""Steps 3 and 6 of the embedded default: sample programs from a checkpoint, run them, grade them.
 
-Two sets, both PoT (the training prompt format, greedy decoding), scored by
+Two sets, both PoT (greedy decoding in the model's prompt format), scored by
 `tpu_train.evaluation.model_eval`:
-    heldout_variants  new numbers for problems the model trained on (gold: the variant's executed answer)
+    heldout_variants  new numbers for problems the model trains on (gold: the variant's executed answer)
     gsm8k             the first N GSM8K test problems (gold: the benchmark's answer)
-Per-item JSONL, the accuracy table (Markdown), a chart and summary.json land in `out`.
+Per-item JSONL, the accuracy table (Markdown), a chart and summary.json land in `out`; an `out` that
+already holds a summary for the same checkpoint step is reused (a rerun does not sample again).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tpu_train import checkpoint
+from tpu_train.data.prompts import read_format
 from tpu_train.data.records import ProgramRecord
 from tpu_train.evaluation import benchmarks, model_eval, pipeline, scoring
 from tpu_train.sampling.loading import load_for_sampling
 from tpu_train.sampling.sampler import Sampler
 from tpu_train.sampling.sampling_params import SamplingParams
-from tpu_train.sampling.tokenizer import ALPACA_STOP
 
 HELDOUT = "heldout_variants"
+
+
+def records(heldout: Sequence[ProgramRecord], gsm8k_items: int) -> list[benchmarks.Record]:
+    """The evaluation items: the held-out variants, then the first `gsm8k_items` GSM8K test problems."""
+    items = [
+        benchmarks.Record(r.id, HELDOUT, r.original_problem, str(r.gen_answer), "number")
+        for r in heldout
+    ]
+    return items + list(benchmarks.load("gsm8k"))[:gsm8k_items]
 
 
 def evaluate(
     workdir: Path,
     out: Path,
-    heldout: Sequence[ProgramRecord],
-    gsm8k_items: int,
+    items: Sequence[benchmarks.Record],
     max_new_tokens: int,
-) -> tuple[list[dict], list[scoring.TableRow]]:
-    """Samples from the latest checkpoint in `workdir`, executes and grades both sets; writes
-    out/{items.jsonl, table.md, chart.png, summary.json}. Returns (items, table rows)."""
-    records = [
-        benchmarks.Record(r.id, HELDOUT, r.original_problem, str(r.gen_answer), "number")
-        for r in heldout
-    ]
-    records += benchmarks.load("gsm8k")[:gsm8k_items]
-    print(
-        f"      sampling {len(records)} programs ({len(heldout)} held-out variants, {gsm8k_items} GSM8K test)"
+    step: int | None = None,
+    batch_size: int = 16,
+) -> list[scoring.TableRow]:
+    """Samples from checkpoint `step` (default: the latest) of `workdir`, executes and grades `items`;
+    writes out/{items.jsonl, table.md, chart.png, summary.json}. Returns the table rows."""
+    step = checkpoint.latest_step(workdir) if step is None else step
+    summary_path = out / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("step") == step and summary.get("items") == len(items):
+            print(f"      reusing {out} (step {step})")
+            return [scoring.TableRow(**row) for row in summary["rows"]]
+    fmt = read_format(workdir)
+    model, tokenizer, eos_ids = load_for_sampling(
+        workdir=workdir, step=step, compute_dtype="float32"
     )
-    model, tokenizer, eos_ids = load_for_sampling(workdir=workdir, compute_dtype="float32")
-    sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids, batch_size=16)
-    params = SamplingParams(max_new_tokens=max_new_tokens, stop=ALPACA_STOP)
+    sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids, batch_size=batch_size)
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop=fmt.stop)
+    started = time.perf_counter()
 
     def generate(prompts: list[str]) -> list[str]:
-        return [(c.text or "").strip() for c in sampler.generate(prompts, params)]
+        completions = sampler.generate(prompts, params)
+        tokens = sum(len(c.tokens) for c in completions)
+        seconds = time.perf_counter() - started
+        print(
+            f"      sampled {len(prompts)} programs, {tokens} tokens in {seconds:.0f}s "
+            f"({tokens / seconds:.0f} tokens/s); running them in the sandbox",
+            flush=True,
+        )
+        return [(c.text or "").strip() for c in completions]
 
-    items, meta = model_eval.evaluate_model(generate, records, "pot")
-    rows = pipeline.write_outputs(items, meta, str(out))
-    by_name = {r.dataset: r for r in rows}
-    summary_path = out / "summary.json"
+    print(
+        f"      step {step}: sampling {len(items)} programs ({fmt.name} prompt format)", flush=True
+    )
+    graded, meta = model_eval.evaluate_model(generate, items, "pot", prompt_format=fmt)
+    rows = pipeline.write_outputs(graded, meta, str(out))
     summary = json.loads(summary_path.read_text())
-    summary["accuracy"] = by_name[HELDOUT].strict if HELDOUT in by_name else None
+    summary.update(step=step, items=len(items), prompt_format=fmt.name)
     summary_path.write_text(json.dumps(summary, indent=2))
-    return items, rows
+    return rows

@@ -20,8 +20,6 @@ import dataclasses
 import random
 from pathlib import Path
 
-import sentencepiece as spm
-
 from tpu_train.data.gsm8k_to_programs import convert as convert_gsm8k
 from tpu_train.data.gsm8k_to_programs import read_gsm8k
 from tpu_train.data.records import ProgramRecord, write_jsonl
@@ -29,6 +27,7 @@ from tpu_train.data.repopulate import repopulate
 from tpu_train.data.sources import SHIPPED_DIR
 from tpu_train.data.substitute import render_program
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
+from tpu_train.sampling.tokenizer import Tokenizer
 
 TRAIN_FILE = "train_programs.jsonl"
 HELDOUT_FILE = "heldout_variants.jsonl"
@@ -51,7 +50,7 @@ def build(
     heldout_per_problem: int,
     seed: int,
     max_program_tokens: int,
-    tokenizer: str | Path = SHIPPED_DIR / "tokenizer.model",
+    tokenizer: Tokenizer,
     gsm8k_train: Path = SHIPPED_DIR / "gsm8k" / "gsm8k_train.jsonl",
 ) -> ProgramData:
     """Converts a seeded random slice of `num_problems` GSM8K train problems and splits their variants."""
@@ -66,8 +65,10 @@ def build(
         by_problem: dict[str, list[ProgramRecord]] = {}
         for variant in stream:
             by_problem.setdefault(variant.id.rsplit("/v", 1)[0], []).append(variant)
-    pieces = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    too_long = lambda r: len(pieces.encode(render_program(r))) > max_program_tokens  # noqa: E731
+
+    def too_long(record: ProgramRecord) -> bool:
+        return len(tokenizer.encode(render_program(record), add_bos=False)) > max_program_tokens
+
     records = [r for r in report.records if not any(map(too_long, [r, *by_problem.get(r.id, [])]))]
     train, heldout = [], []
     for record in records:

@@ -1,13 +1,25 @@
-"""Pulling the final answer out of chain-of-thought text, and option helpers.
+"""Pulling the final answer out of chain-of-thought text, the program out of a PoT output, and option
+helpers.
 
 Only explicit statements count: ``\\boxed{...}``, "The answer is ...", ``#### ...``. For
 multiple choice the only accepted CoT answer is an explicit letter; nothing defaults to "A".
+
+A PoT output is run as it is, unless it holds a Markdown code fence (what chat models write around
+code): then the first fenced block is the program, and the prose around it is not run.
+
+    >>> pot_program("Here you go:\\n```python\\nprint(2 + 3)\\n```\\nThis prints 5.")
+    'print(2 + 3)\\n'
+    >>> pot_program("x = 1\\nprint(x)")
+    'x = 1\\nprint(x)'
 """
 
 from __future__ import annotations
 
 import re
 
+_FENCE = re.compile(
+    r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE
+)
 _ANSWER_IS = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*:|answer\s*:)\s*:?\s*(.+)",
     re.IGNORECASE,
@@ -106,3 +118,9 @@ def split_inline_choices(question: str) -> tuple[str, list[str]]:
     if not sep:
         return question, []
     return head.strip(), [m.group(2).strip() for m in _SAT_CHOICES.finditer(tail)]
+
+
+def pot_program(output: str) -> str:
+    """The program to run for a PoT output: its first fenced code block if it has one, else all of it."""
+    match = _FENCE.search(output)
+    return match.group(1) if match else output

@@ -1,6 +1,6 @@
 """Evaluating a model on the benchmarks: sample, execute, grade, as MAmmoTH and InfinityMATH report it.
 
-Modes (the question goes into the training prompt format, `tpu_train.data.prompts`):
+Modes (the question goes into the model's training prompt format, `tpu_train.data.prompts`):
     pot     the question + " Let's write a program."; the program runs in the sandbox
     cot     the question alone; the answer is extracted from the text
     hybrid  PoT first; where the program fails or yields no answer, the CoT answer is used instead
@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Sequence
 
-from tpu_train.data.prompts import POT_TRIGGER, format_prompt
+from tpu_train.data.prompts import ALPACA, POT_TRIGGER, PromptFormat
 from tpu_train.evaluation import pipeline
 from tpu_train.evaluation.benchmarks import Record
 from tpu_train.evaluation.executor import ExecutorConfig
@@ -34,12 +34,13 @@ def evaluate_model(
     records: Sequence[Record],
     mode: str,
     executor: ExecutorConfig | None = None,
+    prompt_format: PromptFormat = ALPACA,
 ) -> tuple[list[dict], dict]:
     """Samples (through `generate`) and scores every record; returns (items, metadata)."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}; choose one of {MODES}")
     first = "cot" if mode == "cot" else "pot"
-    items, meta = _run(generate, records, first, executor)
+    items, meta = _run(generate, records, first, executor, prompt_format)
     if mode == "hybrid":
         retry = [
             i
@@ -47,7 +48,9 @@ def evaluate_model(
             if item.get("verdict") != "ok" or item["answer"] is None
         ]
         if retry:
-            cot_items, _ = _run(generate, [records[i] for i in retry], "cot", executor)
+            cot_items, _ = _run(
+                generate, [records[i] for i in retry], "cot", executor, prompt_format
+            )
             for index, cot_item in zip(retry, cot_items, strict=True):
                 items[index] = cot_item | {
                     "fallback": "cot",
@@ -56,11 +59,22 @@ def evaluate_model(
     return items, meta
 
 
-def _run(
-    generate: Generate, records: Sequence[Record], mode: str, executor: ExecutorConfig | None
-) -> tuple[list[dict], dict]:
+def make_prompts(
+    records: Sequence[Record], mode: str, prompt_format: PromptFormat = ALPACA
+) -> list[str]:
+    """The prompts of `records` in `mode` ("pot" adds the PoT trigger) and the model's format."""
     suffix = POT_TRIGGER if mode == "pot" else ""
-    prompts = [format_prompt(r.question + suffix) for r in records]
+    return [prompt_format.render(r.question + suffix) for r in records]
+
+
+def _run(
+    generate: Generate,
+    records: Sequence[Record],
+    mode: str,
+    executor: ExecutorConfig | None,
+    prompt_format: PromptFormat,
+) -> tuple[list[dict], dict]:
+    prompts = make_prompts(records, mode, prompt_format)
     outputs = generate(prompts)
     pairs = [
         (pipeline.Prediction(r.id, r.dataset, out, mode), r)

@@ -56,7 +56,10 @@ def read_jsonl(path: str, required: dict[str, type]) -> list[tuple[int, dict]]:
 
 
 def read_predictions(path: str) -> list[Prediction]:
+    """Predictions of a JSONL file; two lines for one benchmark item are refused (each item is scored
+    once, so that a copied right answer cannot inflate the accuracy)."""
     predictions = []
+    first_line: dict[tuple[str, str], int] = {}
     for line_no, row in read_jsonl(path, {"id": str, "dataset": str, "output": str, "mode": str}):
         if row["mode"] not in ("pot", "cot"):
             raise InputError(f"{path}:{line_no}: field 'mode' must be 'pot' or 'cot'")
@@ -65,6 +68,13 @@ def read_predictions(path: str) -> list[Prediction]:
                 f"{path}:{line_no}: field 'dataset' {row['dataset']!r} is not one of "
                 f"{benchmarks.DATASETS}"
             )
+        key = (row["dataset"], row["id"].removeprefix(row["dataset"] + "/"))
+        if key in first_line:
+            raise InputError(
+                f"{path}:{line_no}: a second prediction for {row['dataset']} item {row['id']!r} "
+                f"(the first is on line {first_line[key]}); give one prediction per item"
+            )
+        first_line[key] = line_no
         predictions.append(Prediction(row["id"], row["dataset"], row["output"], row["mode"]))
     return predictions
 
@@ -107,7 +117,8 @@ def evaluate_records(
     if pot:
         with Executor(config or ExecutorConfig()) as executor:
             meta = {"isolation_level": executor.isolation_level, "layers": list(executor.layers)}
-            outcomes = executor.run([resolved[i][0].output for i in pot], progress=progress)
+            programs = [extract.pot_program(resolved[i][0].output) for i in pot]
+            outcomes = executor.run(programs, progress=progress)
         for index, outcome in zip(pot, outcomes, strict=True):
             executions[index] = outcome.to_json()
     items = []

@@ -1,6 +1,7 @@
 """Import a Hugging Face Llama directory into a workdir, and export a workdir back.
 
     import_hf(hf_dir, workdir)    config.json + safetensors  ->  W/checkpoints/0 (Orbax) + W/model_config.json
+    import_checkpoint(GgufFile(f), workdir)   a llama.cpp GGUF file, dequantized  ->  the same
     export_hf(workdir, out_dir)   W/checkpoints/<step>       ->  safetensors + config.json + generation_config.json
                                                                  (+ tokenizer files)
 
@@ -44,21 +45,84 @@ def read_hf_config(hf_dir: str | Path, **overrides: Any) -> LlamaConfig:
     return config_from_hf(raw, source=str(path), **overrides)
 
 
-def load_hf_params(hf_dir: str | Path, cfg: LlamaConfig, sharder: Sharder | None = None) -> dict:
-    """The canonical parameter tree of a HF checkpoint, each parameter placed (and sharded) on device."""
+class HfDirectory:
+    """A transformers Llama directory (config.json + safetensors) as an import source."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._reader: CheckpointReader | None = None
+
+    def config(self, **overrides: Any) -> LlamaConfig:
+        return read_hf_config(self.path, **overrides)
+
+    @property
+    def reader(self) -> CheckpointReader:
+        if self._reader is None:
+            self._reader = CheckpointReader(self.path)
+        return self._reader
+
+    def names(self) -> set[str]:
+        return set(self.reader.names())
+
+    def get(self, name: str) -> np.ndarray:
+        return self.reader.get(name)
+
+    def write_tokenizer(self, workdir: str | Path) -> list[str]:
+        """Copies the directory's tokenizer files, if it has any (returns their names)."""
+        if not any((self.path / n).exists() for n in checkpoint.TOKENIZER_FILES):
+            return []
+        return checkpoint.copy_tokenizer(self.path, workdir)
+
+
+class GgufFile:
+    """A llama.cpp GGUF file as an import source (`tpu_train.interop.gguf` reads and dequantizes it)."""
+
+    def __init__(self, path: str | Path):
+        from tpu_train.interop.gguf import GGUFCheckpoint
+
+        self.path = Path(path)
+        self.file = GGUFCheckpoint(self.path)
+
+    def config(self, **overrides: Any) -> LlamaConfig:
+        return self.file.config(**overrides)
+
+    def names(self) -> set[str]:
+        return self.file.names()
+
+    def get(self, name: str) -> np.ndarray:
+        return self.file.get(name)
+
+    def write_tokenizer(self, workdir: str | Path) -> list[str]:
+        with tempfile.TemporaryDirectory() as tmp:  # the workdir may be on gs://
+            self.file.write_tokenizer(tmp)
+            return checkpoint.copy_tokenizer(tmp, workdir)
+
+
+ImportSource = HfDirectory | GgufFile
+
+
+def open_source(hf_dir: str | Path = "", gguf: str | Path = "") -> ImportSource:
+    """The checkpoint to import: exactly one of a transformers directory and a GGUF file."""
+    if bool(hf_dir) == bool(gguf):
+        raise ValueError("give exactly one of hf_dir (a transformers directory) and gguf (a file)")
+    return HfDirectory(hf_dir) if hf_dir else GgufFile(gguf)
+
+
+def load_params(source: ImportSource, cfg: LlamaConfig, sharder: Sharder | None = None) -> dict:
+    """The canonical parameter tree of an import source, each parameter placed (and sharded) on device.
+
+    Every parameter is built as a global array from per-device slices of the host copy
+    (`jax.make_array_from_callback`), so the same code places it on one CPU or a multi-process mesh."""
     target = canonical_abstract(cfg, sharder)
-    reader = CheckpointReader(Path(hf_dir))
 
     def place(path: tuple[str, ...], value: np.ndarray) -> jax.Array:
         leaf = target
         for key in path:
             leaf = leaf[key]
         value = value.astype(leaf.dtype)
-        return (
-            jax.device_put(value, leaf.sharding)
-            if leaf.sharding is not None
-            else jax.device_put(value)
-        )
+        if leaf.sharding is None:
+            return jax.device_put(value)
+        return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
 
     shapes = jax.tree.map(lambda x: x.shape, target)
     flat_shapes = {
@@ -67,7 +131,28 @@ def load_hf_params(hf_dir: str | Path, cfg: LlamaConfig, sharder: Sharder | None
             shapes, is_leaf=lambda x: isinstance(x, tuple)
         )[0]
     }
-    return hf_weights.load_params(reader.get, set(reader.names()), cfg, flat_shapes, place)
+    return hf_weights.load_params(source.get, source.names(), cfg, flat_shapes, place)
+
+
+def load_hf_params(hf_dir: str | Path, cfg: LlamaConfig, sharder: Sharder | None = None) -> dict:
+    """The canonical parameter tree of a HF directory (see `load_params`)."""
+    return load_params(HfDirectory(hf_dir), cfg, sharder)
+
+
+def import_checkpoint(
+    source: ImportSource, workdir: str | Path, overrides: Mapping[str, Any] | None = None
+) -> LlamaConfig:
+    """Writes an import source as step 0 of `workdir` (local or gs://), with its model config and
+    tokenizer. Refuses a workdir that already has checkpoints (nothing is written then)."""
+    if checkpoint.latest_step(workdir) is not None:
+        raise FileExistsError(
+            f"{checkpoint.workdir_path(workdir)}: already has checkpoints; import into a new workdir"
+        )
+    cfg = source.config(**(overrides or {}))
+    params = load_params(source, cfg)
+    checkpoint.save_params(workdir, 0, params, cfg)
+    source.write_tokenizer(workdir)
+    return cfg
 
 
 def import_hf(
@@ -75,19 +160,11 @@ def import_hf(
 ) -> LlamaConfig:
     """Reads a transformers Llama directory and writes it as step 0 of `workdir`.
 
-    `overrides` set tpu_train-only config fields (dtypes, scan_layers, attention...). A `tokenizer.model`
-    in `hf_dir` is copied into the workdir so sampling and export find it.
+    `overrides` set tpu_train-only config fields (dtypes, scan_layers, attention...). The tokenizer
+    files of `hf_dir` (tokenizer.json and its config, or tokenizer.model) are copied into the workdir so
+    sampling and export find them.
     """
-    hf_dir, workdir = Path(hf_dir), Path(workdir)
-    cfg = read_hf_config(hf_dir, **(overrides or {}))
-    params = load_hf_params(hf_dir, cfg)
-    checkpoint.save_params(workdir, 0, params, cfg)
-    tokenizer = hf_dir / checkpoint.TOKENIZER_FILE
-    if tokenizer.exists():
-        (checkpoint.workdir_path(workdir) / checkpoint.TOKENIZER_FILE).write_bytes(
-            tokenizer.read_bytes()
-        )
-    return cfg
+    return import_checkpoint(HfDirectory(hf_dir), workdir, overrides)
 
 
 def export_params(
@@ -96,13 +173,15 @@ def export_params(
     out_dir: str | Path,
     *,
     dtype: str = "float32",
-    tokenizer_model: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
 ) -> list[str]:
     """Writes `params` (canonical tree, possibly sharded) as a transformers Llama directory.
 
-    Returns the names of the files written. Tensors are fetched and written one at a time.
+    `tokenizer_dir` (local) holds the tokenizer files to ship with the weights (a workdir's: tokenizer.json
+    and its config, or tokenizer.model). Returns the names of the files written. Tensors are fetched and
+    written one at a time.
     """
     out_dir = Path(out_dir)
     if dtype not in EXPORT_DTYPES:
@@ -118,7 +197,7 @@ def export_params(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         files = write_sharded(staging, tensors, max_shard_bytes)
-        token_ids = _write_tokenizer(staging, tokenizer_model) if tokenizer_model else {}
+        token_ids = _write_tokenizer(staging, Path(tokenizer_dir)) if tokenizer_dir else {}
         files += [*token_ids.pop("files", [])]
         (staging / "config.json").write_text(
             json.dumps(config_to_hf(cfg, dtype, **token_ids), indent=2)
@@ -145,28 +224,66 @@ def export_hf(
     overwrite: bool = False,
 ) -> tuple[int, list[str]]:
     """Exports checkpoint `step` (default: latest) of `workdir`; dtype defaults to the parameter dtype.
-    Returns (step, files written)."""
+    Returns (step, files written). An `out_dir` that is, contains or lies inside the workdir is refused:
+    replacing it (--overwrite) would delete the run."""
+    _refuse_overlap(workdir, out_dir)
     cfg = checkpoint.read_model_config(workdir)
     params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None), step)
-    tokenizer = checkpoint.workdir_path(workdir) / checkpoint.TOKENIZER_FILE
     with tempfile.TemporaryDirectory() as tmp:
-        local_tokenizer = None
-        if tokenizer.exists():  # sentencepiece reads local files only; the workdir may be on gs://
-            local_tokenizer = Path(tmp) / checkpoint.TOKENIZER_FILE
-            local_tokenizer.write_bytes(tokenizer.read_bytes())
+        # sentencepiece and tokenizers read local files only; the workdir may be on gs://
+        has_tokenizer = bool(checkpoint.copy_tokenizer(checkpoint.workdir_path(workdir), tmp))
         files = export_params(
             params,
             cfg,
             out_dir,
             dtype=dtype or cfg.param_dtype,
-            tokenizer_model=local_tokenizer,
+            tokenizer_dir=tmp if has_tokenizer else None,
             max_shard_bytes=max_shard_bytes,
             overwrite=overwrite,
         )
     return step, files
 
 
-def _write_tokenizer(out_dir: Path, model_file: str | Path) -> dict:
+def _refuse_overlap(workdir: str | Path, out_dir: str | Path) -> None:
+    work = Path(str(checkpoint.workdir_path(workdir))).resolve()
+    out = Path(out_dir).resolve()
+    if out == work or work in out.parents or out in work.parents:
+        raise ValueError(
+            f"export directory {out_dir} overlaps the workdir {workdir}; choose a directory outside it "
+            "(e.g. a sibling), so that writing the export cannot delete the run"
+        )
+
+
+def _write_tokenizer(out_dir: Path, tokenizer_dir: Path) -> dict:
+    """Writes the tokenizer files transformers loads; returns their special token ids (and the file
+    names under "files")."""
+    if (tokenizer_dir / "tokenizer.json").exists():
+        return _copy_hf_tokenizer(out_dir, tokenizer_dir)
+    return _write_sentencepiece_tokenizer(out_dir, tokenizer_dir / checkpoint.SENTENCEPIECE_FILE)
+
+
+def _copy_hf_tokenizer(out_dir: Path, tokenizer_dir: Path) -> dict:
+    """tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) as they are; the special ids come
+    from the config's token strings."""
+    from tokenizers import Tokenizer
+
+    files = [n for n in checkpoint.HF_TOKENIZER_FILES if (tokenizer_dir / n).exists()]
+    for name in files:
+        shutil.copyfile(tokenizer_dir / name, out_dir / name)
+    config_path = tokenizer_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids = {}
+    for field in ("bos", "eos", "pad"):
+        token = config.get(f"{field}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        token_id = tokenizer.token_to_id(token) if token else None
+        if token_id is not None:
+            ids[f"{field}_token_id"] = token_id
+    return {**ids, "files": files}
+
+
+def _write_sentencepiece_tokenizer(out_dir: Path, model_file: Path) -> dict:
     """Copies a sentencepiece model with the transformers tokenizer files; returns its special token ids
     (and the file names under "files")."""
     import sentencepiece as spm

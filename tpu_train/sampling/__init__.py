@@ -9,21 +9,15 @@ completions = sampler.generate(prompts, SamplingParams(max_new_tokens=512, stop=
 from tpu_train.sampling.loading import load_for_sampling
 from tpu_train.sampling.sampler import Sampler
 from tpu_train.sampling.sampling_params import STOP_REASONS, Completion, SamplingParams
-from tpu_train.sampling.tokenizer import (
-    ALPACA_STOP,
-    ALPACA_TEMPLATE,
-    SentencePieceTokenizer,
-    apply_template,
-)
+from tpu_train.sampling.tokenizer import HfTokenizer, SentencePieceTokenizer, load_tokenizer
 
 __all__ = [
-    "ALPACA_STOP",
-    "ALPACA_TEMPLATE",
     "STOP_REASONS",
     "Completion",
+    "HfTokenizer",
     "Sampler",
     "SamplingParams",
     "SentencePieceTokenizer",
-    "apply_template",
     "load_for_sampling",
+    "load_tokenizer",
 ]

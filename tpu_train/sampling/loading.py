@@ -15,7 +15,7 @@ from tpu_train import checkpoint
 from tpu_train.interop.hf import load_hf_params, read_hf_config
 from tpu_train.model.llama import Llama
 from tpu_train.model.params import canonical_abstract, model_from_params
-from tpu_train.sampling.tokenizer import SentencePieceTokenizer
+from tpu_train.sampling.tokenizer import Tokenizer, load_tokenizer
 from tpu_train.sharding import Sharder
 
 
@@ -26,12 +26,12 @@ def load_for_sampling(
     step: int | None = None,
     sharder: Sharder | None = None,
     **overrides: Any,
-) -> tuple[Llama, SentencePieceTokenizer | None, tuple[int, ...]]:
+) -> tuple[Llama, Tokenizer | None, tuple[int, ...]]:
     """(model, tokenizer or None, EOS ids) from exactly one of `workdir` (checkpoint `step`, default
     latest) and `hf_dir`. `overrides` replace LlamaConfig fields (e.g. compute_dtype); the layers are
     stacked unless `scan_layers=False` is passed (what `Sampler` prefers on CPU).
 
-    The tokenizer is the directory's `tokenizer.model` if there is one. EOS ids are the tokenizer's EOS,
+    The tokenizer is the directory's `tokenizer.json` or `tokenizer.model`, if it has one. EOS ids are the tokenizer's EOS,
     plus for a Hugging Face directory the `eos_token_id` of config.json / generation_config.json.
     """
     if (workdir is None) == (hf_dir is None):
@@ -49,8 +49,7 @@ def load_for_sampling(
         cfg = read_hf_config(directory, **overrides)
         params = load_hf_params(directory, cfg, sharder)
     model = model_from_params(cfg, params, sharder)
-    tokenizer_path = directory / checkpoint.TOKENIZER_FILE
-    tokenizer = SentencePieceTokenizer(tokenizer_path) if tokenizer_path.exists() else None
+    tokenizer = load_tokenizer(directory)
     eos: list[int] = list(tokenizer.eos_ids) if tokenizer is not None else []
     if hf_dir is not None:
         for name in ("config.json", "generation_config.json"):

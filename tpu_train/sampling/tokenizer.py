@@ -1,14 +1,23 @@
-"""Text in and out: a sentencepiece tokenizer and the prompt templates.
+"""Text in and out: the tokenizers the sampler encodes prompts and decodes completions with.
 
 `SentencePieceTokenizer` wraps a `tokenizer.model` (the file a workdir or a Hugging Face Llama directory
 carries). `encode` prepends BOS when the model defines one (Llama's convention) and never appends EOS;
 `decode` drops control tokens (BOS, EOS), so a completion's EOS never reaches its text.
 
+`HfTokenizer` wraps a Hugging Face `tokenizer.json` directory. `encode(add_bos=True)` prepends exactly
+the ids the tokenizer's own config puts before a text (Llama 3: `<|begin_of_text|>`; SmolLM2: none),
+the same `prompt_prefix_ids` the training tasks prepend; `decode` drops special tokens. It shares its
+logic with the training vocabulary through `tpu_train.data.hf_tokenizer_files`, which needs neither
+TensorFlow nor SeqIO.
+
+`load_tokenizer(directory)` picks `tokenizer.json` over `tokenizer.model`, None when neither is there.
+
 Example:
-    >>> apply_template("What is 2 + 3?", "alpaca").splitlines()[-3:]
-    ['What is 2 + 3?', '', '### Response:']
-    >>> apply_template("What is 2 + 3?", "none")
-    'What is 2 + 3?'
+    >>> tok = load_tokenizer("runs/smollm2")  # doctest: +SKIP
+    >>> tok.encode("<|im_start|>user"), tok.bos_id, tok.eos_ids  # doctest: +SKIP
+    ([1, 4093], None, (2,))
+
+Prompt formats (Alpaca, chat) live in `tpu_train.data.prompts`, shared with the training data.
 """
 
 from __future__ import annotations
@@ -16,20 +25,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
-
-from tpu_train.data.prompts import PROMPT_TEMPLATE, STOP_STRINGS
-
-# The training data's prompt format (tpu_train.data.prompts), under the names the sampler's users know.
-ALPACA_TEMPLATE = PROMPT_TEMPLATE
-ALPACA_STOP = STOP_STRINGS
-TEMPLATES = {"none": "{instruction}", "alpaca": ALPACA_TEMPLATE}
-
-
-def apply_template(prompt: str, template: str = "none") -> str:
-    """`prompt` wrapped in the named template (one of TEMPLATES)."""
-    if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
-    return TEMPLATES[template].format(instruction=prompt)
 
 
 class Tokenizer(Protocol):
@@ -73,3 +68,71 @@ class SentencePieceTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
+
+
+class HfTokenizer:
+    """A Hugging Face `tokenizer.json` (+ tokenizer_config.json) through the `tokenizers` library.
+
+    Ids match `transformers.AutoTokenizer`: `encode(text)` equals its `encode(text)` and `decode(ids)`
+    its `decode(ids, skip_special_tokens=True)`; special-token strings in a prompt (a chat template's
+    `<|im_start|>`) encode to their ids.
+
+    Example:
+        >>> tok = HfTokenizer("runs/llama3")  # doctest: +SKIP
+        >>> tok.encode("Hi"), tok.encode("Hi", add_bos=False), tok.eos_ids  # doctest: +SKIP
+        ([128000, 13347], [13347], (128001,))
+        >>> tok.decode([128000, 13347, 128001])  # doctest: +SKIP
+        'Hi'
+    """
+
+    def __init__(self, path: str | Path):
+        # TF-free: the sampler's import path stays free of TensorFlow and SeqIO.
+        from tpu_train.data.hf_tokenizer_files import HfTokenizerFiles
+
+        self.files = HfTokenizerFiles(path)
+        self.path = Path(self.files.source)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.files.vocab_size
+
+    @property
+    def prefix_ids(self) -> tuple[int, ...]:
+        """What `encode(add_bos=True)` puts before the text's ids."""
+        return self.files.prefix_ids
+
+    @property
+    def bos_id(self) -> int | None:
+        """The BOS `encode` prepends (None when the tokenizer adds none, even if it names one)."""
+        return self.prefix_ids[0] if self.prefix_ids else None
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        eos = self.files.eos_id
+        return () if eos is None else (eos,)
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = self.files.encode(text)
+        return [*self.prefix_ids, *ids] if add_bos else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.files.decode(ids)
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer | None:
+    """The tokenizer a model or workdir directory carries: `tokenizer.json` -> `HfTokenizer` (what
+    AutoTokenizer loads, preferred when both are there), else `tokenizer.model` ->
+    `SentencePieceTokenizer`, else None.
+
+    Example:
+        >>> load_tokenizer("data")  # doctest: +SKIP
+        <tpu_train.sampling.tokenizer.SentencePieceTokenizer object at ...>
+        >>> load_tokenizer("/tmp/empty") is None  # doctest: +SKIP
+        True
+    """
+    directory = Path(directory)
+    if (directory / "tokenizer.json").exists():
+        return HfTokenizer(directory)
+    if (directory / "tokenizer.model").exists():
+        return SentencePieceTokenizer(directory / "tokenizer.model")
+    return None

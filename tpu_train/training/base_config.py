@@ -26,9 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
     )  # extra LlamaConfig fields for a preset (e.g. num_layers)
 
     c.init = ml_collections.ConfigDict()
-    c.init.hf_dir = (
-        ""  # import this Hugging Face Llama as step 0 when the workdir has no checkpoint
-    )
+    # A pretrained model to import as step 0 when the workdir has no checkpoint (one of the two).
+    c.init.hf_dir = ""  # a transformers Llama directory (config.json + safetensors + tokenizer)
+    c.init.gguf = ""  # a llama.cpp GGUF file (dequantized on import; its tokenizer comes along)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict(dict(data=1, fsdp=-1, sequence=1, tensor=1))
@@ -38,7 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.mixture = (
         "gsm8k_pot_mix"  # SeqIO task or mixture (tpu_train.data.tasks lists the built-in ones)
     )
-    c.data.tokenizer = "data/tokenizer.model"  # sentencepiece model the tasks tokenize with
+    # The tokenizer the tasks tokenize with: a tokenizer.model, a tokenizer.json directory, or "" for the
+    # workdir's own (an imported model's; the shipped data/tokenizer.model for a run from scratch).
+    c.data.tokenizer = ""
+    c.data.prompt_format = (
+        "alpaca"  # alpaca | chat (the tokenizer's chat template); tpu_train.data.prompts
+    )
+    c.data.report_overlong = True  # count (and print) the examples too long for feature_lengths
     c.data.manual_dir = ""  # user downloads (infinitymath.jsonl, MathInstruct.json); "" = data/
     c.data.registry_modules = ()  # extra modules imported to register more tasks and mixtures
     c.data.split = "train"
@@ -98,13 +104,12 @@ def published_recipe(records: int, hf_dir: str, mixture: str) -> ml_collections.
     import math
 
     c = base_config()
-    c.init.hf_dir = hf_dir  # user-downloaded transformers directory (with tokenizer.model)
+    c.init.hf_dir = hf_dir  # user-downloaded transformers directory (its tokenizer comes along)
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "bfloat16"
     c.model.remat_policy = "save_dots_no_batch"
     c.model.attention = "splash"
     c.data.mixture = mixture
-    c.data.tokenizer = f"{hf_dir}/tokenizer.model"
     c.data.seq_len = 1024
     c.data.feature_lengths = dict(inputs=512, targets=512)
     c.data.pack = False

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import ml_collections
 
+from tpu_train.data.prompts import FORMAT_NAMES
 from tpu_train.model.config import LlamaConfig
 from tpu_train.sharding import resolve_mesh_shape
 
@@ -58,18 +59,32 @@ def check_config(
         raise ConfigError(
             f"data.seq_len={seq_len} must be a multiple of 128 with model.attention=splash"
         )
-    required = {"data.tokenizer": config.data.tokenizer, "data.manual_dir": config.data.manual_dir}
+    required = {
+        "init.hf_dir": config.init.hf_dir,
+        "init.gguf": config.init.get("gguf", ""),
+        "data.tokenizer": config.data.tokenizer,
+        "data.manual_dir": config.data.manual_dir,
+    }
     required.update({f"data.files.{k}": v for k, v in config.data.get("files", {}).items()})
     for field, path in required.items():
         if path and not Path(path).exists():
             raise ConfigError(f"{field}: {path} does not exist")
-    if config.data.tokenizer and Path(config.data.tokenizer).exists():
-        import sentencepiece as spm
+    if config.data.prompt_format not in FORMAT_NAMES:
+        raise ConfigError(
+            f"data.prompt_format={config.data.prompt_format!r}; choose one of {FORMAT_NAMES}"
+        )
+    tokenizer = config.data.tokenizer
+    if not tokenizer and not (config.init.hf_dir or config.init.get("gguf", "")):
+        from tpu_train.data.sources import SHIPPED_DIR
 
-        pieces = spm.SentencePieceProcessor(model_file=str(config.data.tokenizer)).get_piece_size()
+        tokenizer = str(SHIPPED_DIR / "tokenizer.model")  # what a run from scratch tokenizes with
+    if tokenizer and Path(tokenizer).exists():
+        from tpu_train.data.vocabulary import load_vocabulary
+
+        pieces = load_vocabulary(tokenizer).vocab_size
         if pieces > model_cfg.vocab_size:
             raise ConfigError(
-                f"data.tokenizer {config.data.tokenizer} has {pieces} pieces but the model's vocab_size is "
+                f"data.tokenizer {tokenizer} has {pieces} pieces but the model's vocab_size is "
                 f"{model_cfg.vocab_size}; set model.overrides.vocab_size >= {pieces} or use a matching tokenizer"
             )
     if config.train.nan_policy not in ("stop", "skip"):

@@ -13,21 +13,23 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from tpu_train.data.prompts import POT_TRIGGER, format_prompt
-from tpu_train.evaluation import benchmarks, pipeline
+from tpu_train.data.prompts import PromptFormat
+from tpu_train.evaluation import benchmarks, model_eval, pipeline
 from tpu_train.evaluation.executor import ExecutorConfig
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.params import model_from_params
 from tpu_train.sampling.sampler import Sampler
 from tpu_train.sampling.sampling_params import SamplingParams
-from tpu_train.sampling.tokenizer import ALPACA_STOP, SentencePieceTokenizer
+from tpu_train.sampling.tokenizer import load_tokenizer
 from tpu_train.sharding import Sharder
 
 
 class EvalHook:
-    def __init__(self, eval_cfg: ml_collections.ConfigDict, tokenizer_path: str, workdir: Path):
-        self.cfg, self.workdir = eval_cfg, Path(workdir)
-        self.tokenizer = SentencePieceTokenizer(tokenizer_path)
+    def __init__(
+        self, eval_cfg: ml_collections.ConfigDict, workdir: Path, prompt_format: PromptFormat
+    ):
+        self.cfg, self.workdir, self.format = eval_cfg, Path(workdir), prompt_format
+        self.tokenizer = load_tokenizer(self.workdir)
         self.items = [
             record
             for name in eval_cfg.benchmarks
@@ -43,15 +45,16 @@ class EvalHook:
         """Evaluates `params`; returns {"eval/<dataset>_strict": accuracy %} (empty off process 0)."""
         model = model_from_params(model_cfg, params, sharder)
         sampler = Sampler(model, tokenizer=self.tokenizer, batch_size=self.cfg.batch_size)
-        sampling = SamplingParams(max_new_tokens=self.cfg.max_new_tokens, stop=ALPACA_STOP)
-        prompts = [format_prompt(r.question + POT_TRIGGER) for r in self.items]
-        completions = sampler.generate(prompts, sampling)
-        if jax.process_index() != 0:
+        sampling = SamplingParams(max_new_tokens=self.cfg.max_new_tokens, stop=self.format.stop)
+
+        def generate(prompts: list[str]) -> list[str]:
+            return [(c.text or "").strip() for c in sampler.generate(prompts, sampling)]
+
+        if jax.process_index() != 0:  # every process samples (the model spans them); one grades
+            generate(model_eval.make_prompts(self.items, "pot", self.format))
             return {}
-        predictions = [
-            pipeline.Prediction(r.id, r.dataset, (c.text or "").strip(), "pot")
-            for r, c in zip(self.items, completions, strict=True)
-        ]
-        items, meta = pipeline.evaluate(predictions, ExecutorConfig(workers=2))
+        items, meta = model_eval.evaluate_model(
+            generate, self.items, "pot", ExecutorConfig(workers=2), self.format
+        )
         rows = pipeline.write_outputs(items, meta, str(self.workdir / "eval" / f"step_{step}"))
         return {f"eval/{row.dataset}_strict": row.strict for row in rows}

@@ -20,20 +20,33 @@ import jax
 import ml_collections
 import numpy as np
 
+from tpu_train.data.prompts import ALPACA, PromptFormat
 from tpu_train.training.step import BATCH_KEYS
 
 
-def register(data_cfg: ml_collections.ConfigDict) -> None:
+def register(data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = ALPACA) -> None:
     """Registers the SeqIO tasks and mixtures the config names: the project's tasks with the config's
-    tokenizer and manual directory, then any extra `registry_modules`."""
+    tokenizer, prompt format and manual directory, then any extra `registry_modules`."""
     from tpu_train.data import tasks
 
     tasks.register_tasks(
         vocab_path=data_cfg.tokenizer or tasks.DEFAULT_TOKENIZER,
         manual_dir=data_cfg.manual_dir or None,
+        prompt_format=prompt_format,
     )
     for module in data_cfg.registry_modules:
         importlib.import_module(module)
+
+
+def count_overlong(
+    data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = ALPACA
+) -> tuple[int, int]:
+    """(examples left out as longer than the feature lengths, examples in all) of the config's
+    mixture: one pass over its tokenized examples."""
+    from tpu_train.data import tasks
+
+    register(data_cfg, prompt_format)
+    return tasks.count_overlong(data_cfg.mixture, dict(data_cfg.feature_lengths), data_cfg.split)
 
 
 def global_batches(
@@ -43,6 +56,7 @@ def global_batches(
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    prompt_format: PromptFormat = ALPACA,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields this host's part ([global_batch / process_count, seq_len] each) of every global batch from
     `start_step` on."""
@@ -54,7 +68,7 @@ def global_batches(
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerators for JAX
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    register(data_cfg)
+    register(data_cfg, prompt_format)
     ds = pipeline.get_dataset(
         data_cfg.mixture,
         sequence_length=data_cfg.seq_len,

@@ -1,6 +1,6 @@
 """The training loop: config -> mesh -> model -> train state -> steps -> checkpoints.
 
-    state = restore latest checkpoint in W, or import config.init.hf_dir, or initialise from scratch
+    state = resume from W, or import config.init (hf_dir or gguf), or initialise (`checkpoint.start`)
     for step in start..num_steps:  batch -> jitted step (sharded, donated) -> metrics -> checkpoint
     SIGTERM (TPU preemption): save at the next step boundary and return
 
@@ -22,18 +22,22 @@ from clu import metric_writers
 from etils import epath
 
 from tpu_train import checkpoint
-from tpu_train.interop.hf import import_hf, read_hf_config
+from tpu_train.data import prompts
+from tpu_train.data.sources import SHIPPED_DIR
+from tpu_train.interop.hf import ImportSource, load_params, open_source
 from tpu_train.model.config import LlamaConfig, get_preset
 from tpu_train.model.params import canonical_abstract, canonical_params, init_model
 from tpu_train.sharding import DEFAULT_RULES, Sharder, describe, make_mesh
 from tpu_train.training import input_pipeline, metrics
-from tpu_train.training.checkpointing import TrainCheckpointer
 from tpu_train.training.config_checks import ConfigError, check_config
 from tpu_train.training.optimizer import learning_rate_schedule, make_optimizer
 from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
 
 # Model fields a training config may set; they change how the model runs, never its parameter shapes.
 RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "scan_layers", "remat_policy", "attention")
+
+
+DEFAULT_TOKENIZER = SHIPPED_DIR / "tokenizer.model"  # for runs from scratch that name none
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,16 +54,41 @@ class _Preemption:
         self.requested = True
 
 
-def model_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> LlamaConfig:
-    """The architecture comes from the workdir (a resumed or imported run) or the HF dir to import, else
-    from the preset; the config's runtime fields apply on top."""
+def import_source(init_cfg: ml_collections.ConfigDict) -> ImportSource | None:
+    """The pretrained checkpoint `config.init` names (a transformers directory or a GGUF file), if any."""
+    if not (init_cfg.hf_dir or init_cfg.get("gguf", "")):
+        return None
+    return open_source(hf_dir=init_cfg.hf_dir, gguf=init_cfg.get("gguf", ""))
+
+
+def model_config(
+    config: ml_collections.ConfigDict, workdir: epath.Path, source: ImportSource | None
+) -> LlamaConfig:
+    """The architecture comes from the workdir (a resumed or imported run) or the checkpoint to import,
+    else from the preset; the config's runtime fields apply on top."""
     runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
     if (workdir / checkpoint.MODEL_CONFIG_FILE).exists():
         return checkpoint.read_model_config(workdir).replace(**runtime)
-    if config.init.hf_dir:
-        return read_hf_config(config.init.hf_dir, **runtime)
+    if source is not None:
+        return source.config(**runtime)
     extra = {k: v for k, v in config.model.get("overrides", {}).items()}
     return get_preset(config.model.preset, **runtime, **extra)
+
+
+def prepare_tokenizer(
+    config: ml_collections.ConfigDict, workdir: epath.Path, source: ImportSource | None
+) -> ml_collections.ConfigDict:
+    """Puts the run's tokenizer into a new workdir (the imported model's; else `data.tokenizer`, default
+    the shipped one) and returns the data section with `tokenizer` resolved: `data.tokenizer` if set,
+    else the workdir's own, so the tasks tokenize with the tokenizer the model came with."""
+    has_tokenizer = any((workdir / name).exists() for name in checkpoint.TOKENIZER_FILES)
+    if not has_tokenizer:
+        copied = source.write_tokenizer(workdir) if source is not None else []
+        if not copied:  # from scratch, or an import that carries no tokenizer
+            checkpoint.copy_tokenizer(config.data.tokenizer or DEFAULT_TOKENIZER, workdir)
+    data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+    data_cfg.tokenizer = config.data.tokenizer or str(workdir)
+    return data_cfg
 
 
 def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
@@ -79,7 +108,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
 
-    model_cfg = model_config(config, workdir)
+    source = import_source(config.init)
+    model_cfg = model_config(config, workdir, source)
     mesh_shape = check_config(config, model_cfg, jax.device_count(), jax.process_count())
     mesh = make_mesh(mesh_shape)
     sharder = Sharder(mesh, sharding_rules(config))
@@ -87,25 +117,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     tx = make_optimizer(config.optimizer, num_steps)
     schedule = learning_rate_schedule(config.optimizer, num_steps)
 
-    ckpt = TrainCheckpointer(
+    ckpt = checkpoint.Checkpointer(
         workdir,
         every_steps=config.checkpoint.every_steps,
         keep=config.checkpoint.keep,
         keep_every=config.checkpoint.keep_every,
         async_save=config.checkpoint.async_save,
     )
-    if ckpt.latest_step() is None and config.init.hf_dir:
-        say(f"importing {config.init.hf_dir} into {workdir} (step 0)")
-        import_hf(
-            config.init.hf_dir,
-            workdir,
-            overrides={k: getattr(model_cfg, k) for k in RUNTIME_MODEL_FIELDS},
-        )
+    # Written before the first checkpoint so that every step in W has its config beside it.
     checkpoint.write_model_config(workdir, model_cfg)
-    tokenizer = workdir / checkpoint.TOKENIZER_FILE
-    if config.data.tokenizer and not tokenizer.exists() and not config.init.hf_dir:
-        # Sampling and export read the tokenizer from the workdir, beside the weights it belongs to.
-        tokenizer.write_bytes(epath.Path(config.data.tokenizer).read_bytes())
+    data_cfg = prepare_tokenizer(config, workdir, source)
+    prompt_format = prompts.make_format(data_cfg.prompt_format, data_cfg.tokenizer)
+    prompts.write_format(workdir, prompt_format)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     abstract_params = canonical_abstract(model_cfg, sharder)
@@ -114,27 +137,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     opt_abstract = jax.eval_shape(tx.init, abstract_params)
     opt_shardings = optimizer_state_shardings(opt_abstract, param_shardings, sharder.sharding(()))
     init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
-    start = ckpt.latest_step()
-    if start is None:
-        params = canonical_params(init_model(model_cfg, sharder, seed=config.seed))
-        state = TrainState(step=replicated(0), params=params, opt_state=init_opt(params))
-        say(
-            f"initialised {model_cfg.num_params() / 1e6:,.1f}M parameters from scratch (seed {config.seed})"
-        )
-    else:
-        opt_abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            opt_abstract,
-            opt_shardings,
-        )
-        abstract = TrainState(step=None, params=abstract_params, opt_state=opt_abstract)
-        params, opt_state = ckpt.restore(start, abstract)
-        state = TrainState(
-            step=replicated(start),
-            params=params,
-            opt_state=opt_state if opt_state is not None else init_opt(params),
-        )
-        say(f"resumed from {workdir / checkpoint.CHECKPOINT_DIR / str(start)} (step {start})")
+    opt_abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), opt_abstract, opt_shardings
+    )
+    if ckpt.latest_step() is None and source is not None:
+        say(f"importing {source.path} into {workdir} (step 0)")
+    first = checkpoint.start(
+        ckpt,
+        abstract_params,
+        opt_abstract,
+        import_params=(lambda: load_params(source, model_cfg, sharder)) if source else None,
+        init_params=lambda: canonical_params(init_model(model_cfg, sharder, seed=config.seed)),
+    )
+    opt_state = first.opt_state if first.opt_state is not None else init_opt(first.params)
+    state = TrainState(step=replicated(first.step), params=first.params, opt_state=opt_state)
+    say(
+        {
+            "resumed": f"resumed from {workdir / checkpoint.CHECKPOINT_DIR / str(first.step)} "
+            f"(step {first.step})",
+            "imported": f"imported {model_cfg.num_params() / 1e6:,.1f}M parameters as step 0",
+            "initialised": f"initialised {model_cfg.num_params() / 1e6:,.1f}M parameters from "
+            f"scratch (seed {config.seed})",
+        }[first.how]
+    )
     say(describe(mesh, state.params))
 
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -156,8 +181,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     start = int(state.step)
     batches = input_pipeline.global_batches(
-        config.data, config.train.batch_size, seed=config.seed, start_step=start
+        data_cfg,
+        config.train.batch_size,
+        seed=config.seed,
+        start_step=start,
+        prompt_format=prompt_format,
     )
+    if config.data.report_overlong:
+        dropped, total = input_pipeline.count_overlong(data_cfg, prompt_format)
+        say(
+            f"data: {dropped} of {total} examples are longer than the feature lengths "
+            f"{dict(data_cfg.feature_lengths)} and are left out"
+        )
     writer = metric_writers.create_default_writer(
         str(workdir / "tensorboard"), just_logging=not is_main
     )
@@ -176,7 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             EvalHook,
         )  # the sandbox and sampler load only when asked
 
-        eval_hook = EvalHook(config.eval, str(workdir / checkpoint.TOKENIZER_FILE), workdir)
+        eval_hook = EvalHook(config.eval, workdir, prompt_format)
     preemption = _Preemption()
     previous_handler = signal.signal(signal.SIGTERM, preemption)
     last: dict[str, float] = {}
@@ -237,7 +272,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items())
                     )
             if ckpt.should_save(done) or done == num_steps or preemption.requested:
-                ckpt.save(state, config_json, force=preemption.requested or done == num_steps)
+                ckpt.save(
+                    done,
+                    state.params,
+                    state.opt_state,
+                    config_json,
+                    force=preemption.requested or done == num_steps,
+                )
             if preemption.requested:
                 ckpt.wait()
                 say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
