@@ -49,4 +49,5 @@ def get_config():
     c.embedded.rates = dict(embedded=0.5, shipped=0.4, cot=0.1)
     c.embedded.gsm8k_test_items = 100  # GSM8K test problems evaluated (PoT)
     c.embedded.max_new_tokens = 256
+    c.embedded.eval_batch_size = 32  # prompts decoded together (more rows per weight read on CPU)
     return c

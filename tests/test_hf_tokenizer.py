@@ -136,7 +136,7 @@ def test_smollm2_style_no_prefix_and_chatml_specials(smollm2_dir):
     auto, tok = _auto(smollm2_dir), HfTokenizer(smollm2_dir)
     vocab = HfTokenizerVocabulary(smollm2_dir)
     assert tok.prefix_ids == () and tok.bos_id is None and prompt_prefix_ids(vocab) == ()
-    assert tok.eos_ids == (2,) and vocab.eos_id == 2 and tok.files.pad_token_id == 2
+    assert tok.eos_ids == (2,) and vocab.eos_id == 2 and tok.pad_token_id == 2
     assert vocab.unk_id == 0 and vocab.pad_id == 0  # SeqIO still pads with 0, not with pad = eos
     prompt = "<|im_start|>user\nHow many apples?<|im_end|>\n<|im_start|>assistant\n"
     ids = tok.encode(prompt)
@@ -148,23 +148,53 @@ def test_smollm2_style_no_prefix_and_chatml_specials(smollm2_dir):
         assert tok.encode(text) == auto.encode(text), text
 
 
-def test_eos_token_as_added_token_dict_and_add_bos_token(smollm2_dir, tmp_path):
-    """Older tokenizer_config.json files write tokens as AddedToken dicts; add_bos_token overrides."""
-    from tpu_train.data.hf_tokenizer_files import HfTokenizerFiles
+def test_added_token_dicts_and_add_bos_token_override(smollm2_dir, llama3_dir, tmp_path):
+    """Older tokenizer_config.json files write tokens as AddedToken dicts; an explicit add_bos_token
+    puts BOS first (SmolLM2 adds none) or takes it off (Llama 3 adds one)."""
+    from tpu_train.data.vocabulary import HfTokenizerVocabulary, prompt_prefix_ids
+    from tpu_train.sampling.tokenizer import HfTokenizer
 
-    shutil.copy(smollm2_dir / "tokenizer.json", tmp_path / "tokenizer.json")
-    config = {
-        "eos_token": {"__type": "AddedToken", "content": "<|im_end|>", "special": True},
-        "bos_token": "<|im_start|>",
-        "add_bos_token": True,
-    }
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    files = HfTokenizerFiles(tmp_path)
-    assert files.eos_id == 2 and files.prefix_ids == (1,)
-    config["eos_token"] = "<|not_a_token|>"
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    def with_config(source: Path, name: str, config: dict) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
+        (out / "tokenizer_config.json").write_text(json.dumps(config))
+        return out
+
+    eos_dict = {"__type": "AddedToken", "content": "<|im_end|>", "special": True}
+    smol = with_config(
+        smollm2_dir,
+        "smol",
+        {"eos_token": eos_dict, "bos_token": "<|im_start|>", "add_bos_token": True},
+    )
+    tok = HfTokenizer(smol)
+    assert tok.eos_ids == (2,) and tok.prefix_ids == (1,) and tok.encode("Hi")[0] == 1
+    assert prompt_prefix_ids(HfTokenizerVocabulary(smol)) == (1,)
+
+    bot = {"__type": "AddedToken", "content": "<|begin_of_text|>"}
+    llama = with_config(llama3_dir, "llama", {"bos_token": bot, "add_bos_token": False})
+    plain = HfTokenizer(llama)
+    assert plain.prefix_ids == () and plain.bos_id is None and plain.eos_ids == ()
+    assert plain.encode("Hi") == HfTokenizer(llama3_dir).encode("Hi", add_bos=False)
+
+    bad = with_config(smollm2_dir, "bad", {"eos_token": "<|not_a_token|>"})
     with pytest.raises(ValueError, match="not_a_token"):
-        HfTokenizerFiles(tmp_path)
+        HfTokenizer(bad)
+
+
+def test_sampler_tokenizer_imports_no_tensorflow():
+    """The sampler loads HF tokenizers without pulling TensorFlow / SeqIO into its process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tpu_train.sampling.tokenizer as t; "
+        "print(sorted(m for m in ('tensorflow', 'seqio') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_vocabulary_tf_encode_decode_in_tf_data(llama3_dir):
@@ -191,6 +221,11 @@ def test_vocabulary_tf_encode_decode_in_tf_data(llama3_dir):
     assert ragged.to_list() == encoded[:3]
     dense = ragged.to_tensor(default_value=eos)
     assert [t.decode() for t in vocab.decode_tf(dense).numpy()] == SAMPLES[:3]
+    # Rank 2 strings -> [2, 2, None] ids, and back.
+    grid = vocab.encode_tf(tf.constant([SAMPLES[:2], SAMPLES[2:4]]))
+    assert grid.shape[:2] == [2, 2] and grid.to_list() == [encoded[:2], encoded[2:4]]
+    texts = vocab.decode_tf(grid.to_tensor(default_value=eos)).numpy()
+    assert [[t.decode() for t in row] for row in texts] == [SAMPLES[:2], SAMPLES[2:4]]
 
 
 def test_vocabulary_survives_copy_pickle_and_hashing(llama3_dir, smollm2_dir, tmp_path):
@@ -212,7 +247,8 @@ def test_vocabulary_survives_copy_pickle_and_hashing(llama3_dir, smollm2_dir, tm
 
 
 def test_pad_equal_to_eos_keeps_eos_a_loss_target(smollm2_dir):
-    """SmolLM2: pad = eos = 2. SeqIO pads with 0, so the EOS after the response has loss weight 1."""
+    """SmolLM2: pad = eos = 2. SeqIO pads with 0, so the EOS after the response has loss weight 1,
+    packed or not."""
     import seqio
     import tensorflow as tf
 
@@ -237,19 +273,32 @@ def test_pad_equal_to_eos_keeps_eos_a_loss_target(smollm2_dir):
         },
     )
     lengths = {"inputs": 32, "targets": 8}
-    ds = task.get_dataset(lengths, split="train", shuffle=False)
-    converter = seqio.PrefixLMFeatureConverter(pack=False, loss_on_targets_only=True)
-    row = next(converter(ds, lengths).as_numpy_iterator())
-    seqio.TaskRegistry.remove(name)
-
     n_in = len(vocab.encode(prompt))
     expected = [*vocab.encode(prompt), *vocab.encode(response), 2]
-    targets, weights = row["decoder_target_tokens"], row["decoder_loss_weights"]
-    assert targets[: len(expected)].tolist() == expected
-    assert not targets[len(expected) :].any()  # padding is id 0, never the pad token 2
     eos_at = len(expected) - 1
-    assert weights[eos_at] == 1 and targets[eos_at] == vocab.eos_id
-    assert np.flatnonzero(weights).tolist() == list(range(n_in, len(expected)))
+    for pack in (False, True):
+        ds = task.get_dataset(lengths, split="train", shuffle=False)
+        converter = seqio.PrefixLMFeatureConverter(pack=pack, loss_on_targets_only=True)
+        row = next(converter(ds, lengths).as_numpy_iterator())
+        targets, weights = row["decoder_target_tokens"], row["decoder_loss_weights"]
+        assert targets[: len(expected)].tolist() == expected, pack
+        assert not targets[len(expected) :].any()  # padding is id 0, never the pad token 2
+        assert weights[eos_at] == 1 and targets[eos_at] == vocab.eos_id
+        assert np.flatnonzero(weights).tolist() == list(range(n_in, len(expected)))
+    seqio.TaskRegistry.remove(name)
+
+
+def test_eos_of_id_zero_is_refused(smollm2_dir, tmp_path):
+    """SmolLM2 *base* ends texts with <|endoftext|> = 0, SeqIO's padding id: refused for training,
+    still fine for sampling."""
+    from tpu_train.data.vocabulary import HfTokenizerVocabulary
+    from tpu_train.sampling.tokenizer import HfTokenizer
+
+    shutil.copy(smollm2_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    assert HfTokenizer(tmp_path).eos_ids == (0,)
+    with pytest.raises(ValueError, match="id 0"):
+        HfTokenizerVocabulary(tmp_path)
 
 
 def test_load_vocabulary_and_load_tokenizer_pick_the_class(llama3_dir, tmp_path):

@@ -185,6 +185,16 @@ def test_config_errors_say_what_to_change(change, message):
         check_config(config, get_preset("tiny", vocab_size=4096), num_devices=8, process_count=1)
 
 
+def test_data_that_never_fits_the_feature_lengths_is_an_error(tmp_path):
+    config = tiny_config(num_steps=2)
+    config.data.mixture = "gsm8k_pot_mix"  # every prompt is longer than tiny_test's 64 input tokens
+    config.data.registry_modules = ()
+    with pytest.raises(
+        ConfigError, match=r"all \d+ examples .* are longer than data.feature_lengths"
+    ):
+        train(config, tmp_path)
+
+
 def test_tokenizer_larger_than_the_vocabulary_is_caught():
     with pytest.raises(ConfigError, match="has 4096 pieces but the model's vocab_size is 512"):
         check_config(tiny_config(), get_preset("tiny"), num_devices=8, process_count=1)
@@ -253,6 +263,9 @@ def test_periodic_evaluation_hook_samples_runs_and_grades(tmp_path):
     config = tiny_config(num_steps=2, log_every=1)
     config.data.mixture = "gsm8k_pot_mix"  # the shipped data and tokenizer (vocab 4096)
     config.data.registry_modules = ()
+    # GSM8K prompts do not fit tiny_test's 64-token inputs (they would all be left out).
+    config.data.seq_len = 256
+    config.data.feature_lengths = dict(inputs=128, targets=128)
     config.eval.update(every_steps=2, items_per_benchmark=2, max_new_tokens=8, batch_size=2)
     config.checkpoint.every_steps = 0
     train(config, tmp_path)

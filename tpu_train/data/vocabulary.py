@@ -1,24 +1,25 @@
-"""SeqIO vocabularies for training data: sentencepiece `tokenizer.model` or Hugging Face `tokenizer.json`.
+"""SeqIO vocabularies for training data: a sentencepiece `tokenizer.model` or an HF `tokenizer.json`.
 
 `load_vocabulary(path)` picks the vocabulary for a tokenizer path: a directory with `tokenizer.json`
 gives `HfTokenizerVocabulary` (preferred when a `tokenizer.model` sits next to it), one with
 `tokenizer.model` (or a `.model` file) gives `seqio.SentencePieceVocabulary`.
 
-BOS: SeqIO never adds one; the tasks prepend `prompt_prefix_ids(vocab)` to `inputs`. BOS is added only
-where the tokenizer's own config says so: sentencepiece models with a BOS id (Llama 1/2), and
+BOS: SeqIO never adds one; the tasks prepend `prompt_prefix_ids(vocab)` to `inputs`. BOS is added
+only where the tokenizer's own config says so: sentencepiece models with a BOS id (Llama 1/2), and
 `tokenizer.json` tokenizers whose post-processor puts ids before a text (Llama 3's
-`<|begin_of_text|>`; SmolLM2 adds none), or whose `tokenizer_config.json` sets `add_bos_token`.
-The sampler (`tpu_train.sampling.tokenizer`) applies the same rule through the same TF-free code
-(`tpu_train.data.hf_tokenizer_files`), so training rows start with the ids the sampler feeds.
+`<|begin_of_text|>`; SmolLM2 adds none) or whose `tokenizer_config.json` sets `add_bos_token`.
+`HfTokenizerVocabulary` wraps the sampler's `tpu_train.sampling.tokenizer.HfTokenizer`, so training
+rows start with the ids the sampler feeds, and the sampler stays free of TensorFlow.
 
 EOS and padding: `targets` get the tokenizer's `eos_token` id through `seqio.Feature(add_eos=True)`.
-SeqIO pads with id 0 whatever the tokenizer's pad token is, and a tokenizer whose pad token equals its
-EOS (SmolLM2: pad = eos = `<|im_end|>` = 2, id 0 = `<|endoftext|>`) changes nothing: padding is never
-written as id 2, so EOS stays a loss target (weight 1) in
-`seqio.PrefixLMFeatureConverter(loss_on_targets_only=True)`. What id 0 does affect: SeqIO's converters
-take `id != 0` as "not padding" in unpacked rows, so a real token with id 0 (SmolLM2's
-`<|endoftext|>`, Llama 3's "!") inside a row is mistaken for padding; `tpu_train.data.pipeline` tells
-padding apart by segment ids instead.
+SeqIO pads with id 0 whatever the tokenizer's pad token is, so a pad token equal to EOS (SmolLM2:
+pad = eos = `<|im_end|>` = 2, while id 0 is `<|endoftext|>`) changes nothing: padding is never
+written as id 2 and EOS keeps loss weight 1 in
+`seqio.PrefixLMFeatureConverter(loss_on_targets_only=True)`. What id 0 does affect:
+- an EOS of id 0 (SmolLM2 *base*: `<|endoftext|>`) would be taken for padding (weight 0, trimmed
+  by packing), so `HfTokenizerVocabulary` refuses it;
+- SeqIO's converters take `id != 0` as "not padding", so a real id-0 token inside a row (Llama 3's
+  "!") gets loss weight 0 unless weights are rebuilt from segment ids (`tpu_train.data.pipeline`).
 
 Example:
     >>> vocab = load_vocabulary("data/tokenizer.model")  # doctest: +SKIP
@@ -33,30 +34,45 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import seqio
 import tensorflow as tf
 from etils import epath
 
-from tpu_train.data.hf_tokenizer_files import (
-    SENTENCEPIECE_MODEL,
-    TOKENIZER_JSON,
-    HfTokenizerFiles,
-)
+if TYPE_CHECKING:
+    from tpu_train.sampling.tokenizer import HfTokenizer
 
 __all__ = ["HfTokenizerVocabulary", "load_vocabulary", "prompt_prefix_ids"]
+
+# Spelled here, not imported: `tpu_train.sampling` is imported lazily (see `_hf_tokenizer`).
+_TOKENIZER_JSON = "tokenizer.json"
+_SENTENCEPIECE_MODEL = "tokenizer.model"
+
+
+def _hf_tokenizer(path: str | Path | epath.Path) -> HfTokenizer:
+    # Imported on use: `tpu_train.sampling`'s package init loads the model stack (checkpoint,
+    # interop), and those modules may import this one; a top-level import would be a cycle.
+    from tpu_train.sampling.tokenizer import HfTokenizer
+
+    return HfTokenizer(path)
 
 
 class HfTokenizerVocabulary(seqio.Vocabulary):
     """A Hugging Face `tokenizer.json` as a SeqIO vocabulary, through the `tokenizers` library.
 
-    `encode` adds no special tokens (SeqIO appends EOS itself; BOS comes from `prompt_prefix_ids`),
-    but special-token strings in a text map to their ids as AutoTokenizer does, so a chat prompt's
-    `<|im_start|>` is one token. `decode` drops special tokens. `encode_tf` / `decode_tf` run the same
-    Python tokenizer inside tf.data graphs through `tf.numpy_function`, so they give exactly the ids
-    of `encode` (such graphs cannot be serialized, e.g. for tf.data service). Equality and hashing go
-    by the files' contents; pickles and copies carry the contents, not the path.
+    `path` is a directory holding `tokenizer.json` (and optionally `tokenizer_config.json` /
+    `special_tokens_map.json`) or the JSON file itself. `encode` adds no special tokens (SeqIO
+    appends EOS itself; BOS comes from `prompt_prefix_ids`), but special-token strings in a text map
+    to their ids as AutoTokenizer does, so a chat prompt's `<|im_start|>` is one token. `decode`
+    drops special tokens. `encode_tf` / `decode_tf` run the same Python tokenizer inside tf.data
+    graphs through `tf.numpy_function`, so they give exactly the ids of `encode` (such graphs cannot
+    be serialized, e.g. for tf.data service). Equality and hashing go by the files' contents;
+    pickles and copies carry the contents, not the path.
+
+    Ids: `eos_id` is the config's `eos_token`; `unk_id` its `unk_token` (else the model's);
+    `vocab_size` counts added tokens; `pad_id` stays SeqIO's 0 whatever the config's `pad_token` is.
 
     Example:
         >>> vocab = HfTokenizerVocabulary("runs/llama3")  # doctest: +SKIP
@@ -70,100 +86,126 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     """
 
     def __init__(self, path: str | Path | epath.Path):
-        self.files = HfTokenizerFiles(path)
+        self.tokenizer = _hf_tokenizer(path)
+        if self.tokenizer.eos_id == 0:
+            # SeqIO takes id 0 for padding: its converters give an EOS of id 0 loss weight 0 and
+            # packing trims it off as trailing padding, so the model would never learn to stop.
+            raise ValueError(
+                f"{self.tokenizer.path}: eos_token has id 0, SeqIO's padding id; training could not "
+                "learn EOS. Set eos_token in tokenizer_config.json to a token with another id "
+                "(SmolLM2-Instruct: <|im_end|>)"
+            )
         super().__init__(extra_ids=0)
 
     @property
     def bos_id(self) -> int | None:
-        """The BOS this tokenizer puts before a text (first of `prompt_prefix_ids`), None if none."""
-        prefix = self.files.prefix_ids
-        return prefix[0] if prefix else None
+        """The BOS the tokenizer puts before a text (first of `prompt_prefix_ids`); None if none."""
+        return self.tokenizer.bos_id
 
     @property
     def eos_id(self) -> int | None:
-        return self.files.eos_id
+        return self.tokenizer.eos_id
 
     @property
     def unk_id(self) -> int | None:
-        return self.files.unk_id
+        return self.tokenizer.unk_id
 
     @property
     def _base_vocab_size(self) -> int:
-        return self.files.vocab_size
+        return self.tokenizer.vocab_size
 
     def _encode(self, s: str) -> Sequence[int]:
-        return self.files.encode(s)
+        return self.tokenizer.encode(s, add_bos=False)
 
     def _decode(self, ids: Iterable[int]) -> str:
-        return self.files.decode(ids)
+        return self.tokenizer.decode(ids)
 
-    # --- TensorFlow: the Python tokenizer behind tf.numpy_function ---------------------------------
+    # --- TensorFlow: the Python tokenizer behind tf.numpy_function ------------------------------
+    # Not converted by autograph: seqio's preprocessors run under it, and converting these methods (and
+    # the properties they touch) failed at random in long runs (`tf___base_vocab_size() takes 1
+    # positional argument but 2 were given`); they are plain graph-building code.
 
     def _encode_np(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.files.encode_batch([t.decode("utf-8") for t in texts.tolist()])
+        rows = self.tokenizer.encode_batch([t.decode("utf-8") for t in texts.tolist()])
         values = np.asarray([i for row in rows for i in row], dtype=np.int32)
         return values, np.asarray([len(row) for row in rows], dtype=np.int64)
 
+    @tf.autograph.experimental.do_not_convert
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
-        """A scalar string -> 1-D int32 ids (what seqio's tokenize maps per example); a 1-D batch of
-        strings -> a 2-D int32 RaggedTensor, as `seqio.SentencePieceVocabulary` returns."""
+        """A scalar string -> 1-D int32 ids (what seqio's `tokenize` maps per example); strings of
+        shape [d1, ..., dk] -> an int32 RaggedTensor of shape [d1, ..., dk, None], as
+        `seqio.SentencePieceVocabulary` returns."""
         s = tf.convert_to_tensor(s, dtype=tf.string)
-        rank = s.shape.rank
-        if rank not in (0, 1):
-            raise ValueError(f"encode_tf takes a scalar or 1-D string tensor, got shape {s.shape}")
+        if s.shape.rank is None:
+            raise ValueError("encode_tf needs a string tensor of known rank")
         values, lengths = tf.numpy_function(
             self._encode_np, [tf.reshape(s, [-1])], [tf.int32, tf.int64], stateful=False
         )
         # numpy_function loses static shapes; seqio's length checks and padding need rank 1.
         values.set_shape([None])
         lengths.set_shape([None])
-        if rank == 0:
+        if s.shape.rank == 0:
             return values
-        return tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
+        out = tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
+        # Regroup the flat rows by the input's inner dimensions, innermost first.
+        dims = tf.shape(s, out_type=tf.int64)
+        for axis in range(s.shape.rank - 1, 0, -1):
+            out = tf.RaggedTensor.from_uniform_row_length(out, dims[axis], validate=False)
+        return out
 
     def _decode_np(self, ids: np.ndarray, stop_at_eos: bool) -> np.ndarray:
-        eos = self.eos_id
+        eos, unk, size = self.eos_id, self.unk_id, self._base_vocab_size
         out = []
-        for row in ids.tolist():  # already [rows, length]
+        for row in ids.tolist():  # [rows, length]
+            if unk is not None:  # as seqio.Vocabulary.decode does
+                row = [unk if i >= size else i for i in row]
             if stop_at_eos and eos is not None and eos in row:
                 row = row[: row.index(eos)]
-            out.append(self.files.decode(row).encode("utf-8"))
+            out.append(self.tokenizer.decode(row).encode("utf-8"))
         return np.asarray(out, dtype=object)
 
+    @tf.autograph.experimental.do_not_convert
     def _detokenize_tf(self, ids: tf.Tensor, stop_at_eos: bool) -> tf.Tensor:
         ids = tf.convert_to_tensor(ids)
-        rank = ids.shape.rank
-        if rank not in (1, 2):
-            raise ValueError(f"decode_tf takes 1-D or 2-D ids, got shape {ids.shape}")
-        rows = tf.reshape(tf.cast(ids, tf.int32), [-1, tf.shape(ids)[-1]])
+        if ids.shape.rank is None or ids.shape.rank < 1:
+            raise ValueError(f"decode_tf takes ids of rank >= 1, got shape {ids.shape}")
+        shape = tf.shape(ids)
+        rows = tf.reshape(tf.cast(ids, tf.int32), [-1, shape[-1]])
         texts = tf.numpy_function(
             lambda x: self._decode_np(x, stop_at_eos), [rows], tf.string, stateful=False
         )
         texts.set_shape([None])
-        return texts[0] if rank == 1 else texts
+        return tf.reshape(texts, shape[:-1])
 
+    @tf.autograph.experimental.do_not_convert
     def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        """1-D int ids -> a scalar string, 2-D -> 1-D strings; special tokens dropped."""
+        """Ids of shape [..., length] -> strings of shape [...]; special tokens dropped."""
         return self._detokenize_tf(ids, stop_at_eos=False)
 
+    @tf.autograph.experimental.do_not_convert
     def decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        """Like `seqio.Vocabulary.decode_tf` (text up to the first EOS), but cutting at EOS instead of
-        overwriting what follows with id 0: here id 0 is usually a real token ("!" in Llama 3)."""
+        """Like `seqio.Vocabulary.decode_tf` (each row's text up to its first EOS), but cutting at
+        EOS instead of overwriting what follows with id 0: here id 0 is usually a real token ("!" in
+        Llama 3). A row without EOS still decodes its id-0 padding as that token."""
         if ids.shape == (0,):
             return tf.constant(b"", dtype=tf.string)
         return self._detokenize_tf(ids, stop_at_eos=True)
 
-    # --- identity -----------------------------------------------------------------------------------
+    # --- identity -------------------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, HfTokenizerVocabulary) and self.files.digest == other.files.digest
+        return (
+            isinstance(other, HfTokenizerVocabulary)
+            and self.tokenizer.digest == other.tokenizer.digest
+        )
 
     def __hash__(self) -> int:
         # seqio.Feature is a frozen dataclass; defining __eq__ alone would make Features unhashable.
-        return hash(self.files.digest)
+        return hash(self.tokenizer.digest)
 
     def __str__(self) -> str:
-        return f"HfTokenizerVocabulary(file={self.files.source}, sha256={self.files.digest[:12]})"
+        tok = self.tokenizer
+        return f"HfTokenizerVocabulary(file={tok.path}, sha256={tok.digest[:12]})"
 
     __repr__ = __str__
 
@@ -178,11 +220,12 @@ def prompt_prefix_ids(vocab: seqio.Vocabulary) -> tuple[int, ...]:
     Example:
         >>> prompt_prefix_ids(seqio.ByteVocabulary())
         ()
-        >>> prompt_prefix_ids(seqio.SentencePieceVocabulary("data/tokenizer.model"))  # doctest: +SKIP
+        >>> sp = seqio.SentencePieceVocabulary("data/tokenizer.model")  # doctest: +SKIP
+        >>> prompt_prefix_ids(sp)  # doctest: +SKIP
         (1,)
     """
     if isinstance(vocab, HfTokenizerVocabulary):
-        return vocab.files.prefix_ids
+        return vocab.tokenizer.prefix_ids
     if isinstance(vocab, seqio.SentencePieceVocabulary):
         bos = vocab.bos_id
         return (int(bos),) if bos is not None and bos >= 0 else ()
@@ -207,12 +250,12 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
     """
     p = epath.Path(path)
     if p.is_dir():
-        if (p / TOKENIZER_JSON).exists():
+        if (p / _TOKENIZER_JSON).exists():
             return HfTokenizerVocabulary(p)
-        if (p / SENTENCEPIECE_MODEL).exists():
-            return seqio.SentencePieceVocabulary(str(p / SENTENCEPIECE_MODEL))
+        if (p / _SENTENCEPIECE_MODEL).exists():
+            return seqio.SentencePieceVocabulary(str(p / _SENTENCEPIECE_MODEL))
         raise FileNotFoundError(
-            f"{path}: no {TOKENIZER_JSON} or {SENTENCEPIECE_MODEL} in this directory"
+            f"{path}: no {_TOKENIZER_JSON} or {_SENTENCEPIECE_MODEL} in this directory"
         )
     if p.exists():
         if p.name.endswith(".json"):
@@ -220,6 +263,6 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
         if p.name.endswith(".model"):
             return seqio.SentencePieceVocabulary(str(p))
     raise FileNotFoundError(
-        f"{path}: not a tokenizer; expected a directory holding {TOKENIZER_JSON} or "
-        f"{SENTENCEPIECE_MODEL}, a tokenizer .json file or a sentencepiece .model file"
+        f"{path}: not a tokenizer; expected a directory holding {_TOKENIZER_JSON} or "
+        f"{_SENTENCEPIECE_MODEL}, a tokenizer .json file or a sentencepiece .model file"
     )

@@ -122,7 +122,7 @@ def run(config, workdir: Path) -> dict:
 
     step("zero-shot: the imported model on held-out variants and GSM8K test (PoT, greedy)")
     before = evaluation.evaluate(
-        model_dir, workdir / "eval_before", items, cfg.max_new_tokens, step=0
+        model_dir, workdir / "eval_before", items, cfg.max_new_tokens, 0, cfg.eval_batch_size
     )
 
     step(f"fine-tune: {config.train.num_steps} steps on {config.data.mixture}")
@@ -136,7 +136,9 @@ def run(config, workdir: Path) -> dict:
     train(config, str(model_dir))
 
     step("evaluate: the fine-tuned model on the same items")
-    after = evaluation.evaluate(model_dir, workdir / "eval_after", items, cfg.max_new_tokens)
+    after = evaluation.evaluate(
+        model_dir, workdir / "eval_after", items, cfg.max_new_tokens, None, cfg.eval_batch_size
+    )
 
     step("export: Hugging Face directory, checked against transformers")
     same = _export_and_check(model_dir, workdir / "hf", data.heldout[0].original_problem, 48)

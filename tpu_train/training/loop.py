@@ -189,6 +189,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     if config.data.report_overlong:
         dropped, total = input_pipeline.count_overlong(data_cfg, prompt_format)
+        if total and dropped == total:
+            raise ConfigError(
+                f"all {total} examples of {data_cfg.mixture} are longer than data.feature_lengths="
+                f"{dict(data_cfg.feature_lengths)}; raise data.seq_len and the feature lengths"
+            )
         say(
             f"data: {dropped} of {total} examples are longer than the feature lengths "
             f"{dict(data_cfg.feature_lengths)} and are left out"
