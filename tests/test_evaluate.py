@@ -62,12 +62,6 @@ def test_evaluate_cli(tmp_path) -> None:
             {"id": "1", "dataset": "gsm8k", "output": "print(2 + 1)", "mode": "pot"},
             {"id": "math/algebra/1", "dataset": "math", "output": "\\boxed{2}", "mode": "cot"},
             {"id": "aqua/0", "dataset": "aqua", "output": "I'd say 13.66", "mode": "cot"},
-            {
-                "id": "aqua/0",
-                "dataset": "aqua",
-                "output": "import math\nans = 5 * (math.sqrt(3) + 1)",
-                "mode": "pot",
-            },
         ],
     )
     done = _run("tpu_train.evaluate", f"--predictions={preds}", f"--out={out}")
@@ -78,14 +72,13 @@ def test_evaluate_cli(tmp_path) -> None:
         (True, True),
         (True, True),
         (False, True),  # compat defaults an unanswered choice to "A"; strict never does
-        (True, True),
     ]
     assert items[1]["verdict"] == "ok" and items[1]["isolation_level"]
     table = (out / "table.md").read_text()
-    assert "| aqua | 2 | 50.0 | 100.0 |" in table and "| average |" in table
+    assert "| aqua | 1 | 0.0 | 100.0 |" in table and "| average |" in table
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["verdicts"]["ok"] == 2
+    assert summary["verdicts"]["ok"] == 1
     assert "strict%" in done.stdout
 
 
@@ -112,3 +105,13 @@ def test_oracle_cli() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "gsm8k              1319/1319 correct" in done.stdout
     assert "quirk: simuleq" in done.stdout
+
+
+def test_evaluate_cli_maps_a_pot_value_to_its_option(tmp_path) -> None:
+    preds, out = tmp_path / "preds.jsonl", tmp_path / "report"
+    program = "import math\nans = 5 * (math.sqrt(3) + 1)"
+    _write_jsonl(preds, [{"id": "aqua/0", "dataset": "aqua", "output": program, "mode": "pot"}])
+    done = _run("tpu_train.evaluate", f"--predictions={preds}", f"--out={out}")
+    assert done.returncode == 0, done.stderr
+    [item] = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert item["verdict"] == "ok" and (item["strict"], item["compat"]) == (True, True)

@@ -1,4 +1,4 @@
-"""SeqIO vocabularies for training data: a sentencepiece `tokenizer.model` or an HF `tokenizer.json`.
+"""SeqIO vocabularies for training: a sentencepiece `tokenizer.model` or an HF `tokenizer.json`.
 
 `load_vocabulary(path)` picks the vocabulary for a tokenizer path: a directory with `tokenizer.json`
 gives `HfTokenizerVocabulary` (preferred when a `tokenizer.model` sits next to it), one with
@@ -91,9 +91,9 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
             # SeqIO takes id 0 for padding: its converters give an EOS of id 0 loss weight 0 and
             # packing trims it off as trailing padding, so the model would never learn to stop.
             raise ValueError(
-                f"{self.tokenizer.path}: eos_token has id 0, SeqIO's padding id; training could not "
-                "learn EOS. Set eos_token in tokenizer_config.json to a token with another id "
-                "(SmolLM2-Instruct: <|im_end|>)"
+                f"{self.tokenizer.path}: eos_token has id 0, SeqIO's padding id, so training "
+                "could not learn EOS. Set eos_token in tokenizer_config.json to a token with "
+                "another id (SmolLM2-Instruct: <|im_end|>)"
             )
         super().__init__(extra_ids=0)
 
@@ -121,9 +121,9 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return self.tokenizer.decode(ids)
 
     # --- TensorFlow: the Python tokenizer behind tf.numpy_function ------------------------------
-    # Not converted by autograph: seqio's preprocessors run under it, and converting these methods (and
-    # the properties they touch) failed at random in long runs (`tf___base_vocab_size() takes 1
-    # positional argument but 2 were given`); they are plain graph-building code.
+    # Not converted by autograph: seqio's preprocessors run under it, and converting these methods
+    # (and the properties they touch) failed at random in long runs (`tf___base_vocab_size() takes
+    # 1 positional argument but 2 were given`); they are plain graph-building code.
 
     def _encode_np(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = self.tokenizer.encode_batch([t.decode("utf-8") for t in texts.tolist()])

@@ -122,16 +122,16 @@ class HfTokenizer:
 
     Ids match `transformers.AutoTokenizer` on the same directory: `encode(text)` equals its
     `encode(text)`, `encode(text, add_bos=False)` its `encode(text, add_special_tokens=False)` and
-    `decode(ids)` its `decode(ids, skip_special_tokens=True)` (transformers 5; `add_bos_token`, below,
-    is the one exception). Special-token strings in a text (a chat template's `<|im_start|>`) encode
-    to their ids, as AutoTokenizer does by default.
+    `decode(ids)` its `decode(ids, skip_special_tokens=True)` (transformers 5; `add_bos_token`,
+    below, is the one exception). Special-token strings in a text (a chat template's
+    `<|im_start|>`) encode to their ids, as AutoTokenizer does by default.
 
     `prefix_ids` is what the tokenizer's own config puts before a text: the ids its post-processor
     adds in front (Llama 3's TemplateProcessing: `<|begin_of_text|>`; SmolLM2's ByteLevel: none),
-    with BOS put first or taken off where `tokenizer_config.json` sets `add_bos_token`. The
-    training vocabulary
-    (`tpu_train.data.vocabulary.HfTokenizerVocabulary`) wraps this class, so training rows and
-    sampled prompts start alike.
+    with BOS put first or taken off where `tokenizer_config.json` sets `add_bos_token` (as
+    transformers 4's Llama tokenizers did; transformers 5.24's AutoTokenizer ignores the flag). The
+    training vocabulary (`tpu_train.data.vocabulary.HfTokenizerVocabulary`) wraps this class, so
+    training rows and sampled prompts start alike.
 
     The files are held as text and the Rust tokenizer is rebuilt lazily, so pickles and copies carry
     the contents, not the path; `digest` hashes them. No TensorFlow or SeqIO is imported.
@@ -192,7 +192,8 @@ class HfTokenizer:
         return h.hexdigest()
 
     def _token_id(self, name: str) -> int | None:
-        """The id of `bos_token`, `eos_token`, ... from tokenizer_config, else special_tokens_map."""
+        """The id of a `bos_token` / `eos_token` / ... entry of tokenizer_config.json, else of
+        special_tokens_map.json; None when neither names one."""
         value = self.config.get(name)
         if value is None:
             value = self.special_tokens_map.get(name)
