@@ -231,7 +231,10 @@ def export_hf(
     params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None), step)
     with tempfile.TemporaryDirectory() as tmp:
         # sentencepiece and tokenizers read local files only; the workdir may be on gs://
-        has_tokenizer = bool(checkpoint.copy_tokenizer(checkpoint.workdir_path(workdir), tmp))
+        work = checkpoint.workdir_path(workdir)
+        has_tokenizer = any((work / n).exists() for n in checkpoint.TOKENIZER_FILES)
+        if has_tokenizer:
+            checkpoint.copy_tokenizer(work, tmp)
         files = export_params(
             params,
             cfg,
