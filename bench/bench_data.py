@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from tpu_train.data.pipeline import get_dataset  # noqa: E402
 from tpu_train.data.records import read_program_records  # noqa: E402
 from tpu_train.data.repopulate import repopulate  # noqa: E402
-from tpu_train.data.sources import DEFAULT_TFDS_DIR  # noqa: E402
-from tpu_train.data.tasks import DEFAULT_MIXTURES, DEFAULT_TOKENIZER, register_tasks  # noqa: E402
+from tpu_train.data.sources import DEFAULT_TFDS_DIR, SHIPPED_TOKENIZER  # noqa: E402
+from tpu_train.data.tasks import DEFAULT_MIXTURES, register_tasks  # noqa: E402
 from tpu_train.data.verify import Executor, ExecutorConfig  # noqa: E402
 
 
@@ -84,7 +84,7 @@ def main() -> int:
     parser.add_argument("--data_dir", default=str(DEFAULT_TFDS_DIR))
     parser.add_argument("--output", default=None, help="also write the JSON result here")
     args = parser.parse_args()
-    register_tasks(DEFAULT_TOKENIZER, args.data_dir)
+    register_tasks(SHIPPED_TOKENIZER, args.data_dir)
     pipeline = bench_pipeline(args.mixture, args.sequence_length, args.batch_size, args.batches)
     result = {
         "mixture": args.mixture,

@@ -9,7 +9,7 @@ import pytest
 from tests.train_helpers import final_params, tiny_config
 from tpu_train import checkpoint
 from tpu_train.interop import hf
-from tpu_train.interop.hf import HfDirectory, import_hf, load_hf_params
+from tpu_train.interop.hf import import_hf, load_hf_params
 from tpu_train.training.loop import train
 
 
@@ -45,7 +45,7 @@ def test_import_keeps_a_cloud_workdir_a_cloud_path(tmp_path, hf_llama_factory, m
     monkeypatch.setattr(
         hf.checkpoint, "save_params", lambda w, step, params, cfg: seen.append(("save", w))
     )
-    monkeypatch.setattr(HfDirectory, "write_tokenizer", lambda self, w: seen.append(("tok", w)))
+    monkeypatch.setattr(hf, "write_tokenizer", lambda source, w: seen.append(("tok", w)))
     import_hf(hf_dir, "gs://bucket/run")
     assert [str(w) for _, w in seen] == ["gs://bucket/run"] * 3
 

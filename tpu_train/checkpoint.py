@@ -67,13 +67,21 @@ def read_model_config(workdir: str | Path) -> LlamaConfig:
         raise ValueError(f"{path}: {e}") from e
 
 
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether a directory (local or gs://) holds any tokenizer file."""
+    return any((epath.Path(directory) / name).exists() for name in TOKENIZER_FILES)
+
+
 def copy_tokenizer(source: str | Path, workdir: str | Path) -> list[str]:
     """Copies a tokenizer into the workdir, where sampling, evaluation and export read it, beside its
     weights; returns the file names written. `source` (local or gs://) is a directory holding
-    tokenizer.json (+ its config) or tokenizer.model, or one of those files."""
+    tokenizer.json (+ its config) or tokenizer.model (none there: nothing copied, []), or one of those
+    files (which must exist)."""
     source, target = epath.Path(source), workdir_path(workdir)
     if source.is_dir():
         pairs = [(source / name, name) for name in TOKENIZER_FILES if (source / name).exists()]
+        if not pairs:
+            return []
     elif source.name.endswith(".model"):  # any sentencepiece model file
         pairs = [(source, SENTENCEPIECE_FILE)]
     else:  # tokenizer.json: its config files beside it travel with it

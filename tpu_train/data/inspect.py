@@ -25,8 +25,8 @@ import seqio
 import tensorflow_datasets as tfds
 
 from tpu_train.data.pipeline import feature_converter, packing_stats, task_feature_lengths
-from tpu_train.data.sources import DEFAULT_TFDS_DIR
-from tpu_train.data.tasks import DEFAULT_TOKENIZER, register_tasks
+from tpu_train.data.sources import DEFAULT_TFDS_DIR, SHIPPED_TOKENIZER
+from tpu_train.data.tasks import register_tasks
 
 
 def render_masked(pieces: Sequence[str], weights: Sequence[int]) -> str:
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--histogram", default=None, help="PNG path (default /tmp/<task>_lengths.png)"
     )
-    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
+    parser.add_argument("--tokenizer", default=str(SHIPPED_TOKENIZER))
     parser.add_argument("--data_dir", default=str(DEFAULT_TFDS_DIR))
     parser.add_argument("--manual_dir", default=None, help="folder with user-downloaded files")
     args = parser.parse_args(argv)

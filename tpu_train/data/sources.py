@@ -28,6 +28,7 @@ from absl import logging
 from tpu_train.data.builders import Gsm8k, Infinitymath, Mathinstruct
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data"
+SHIPPED_TOKENIZER = SHIPPED_DIR / "tokenizer.model"  # what runs from scratch tokenize with
 # Prepared TFRecords are a cache: kept outside the repository, where TFDS keeps its own.
 DEFAULT_TFDS_DIR = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
 _STAMP = "source_stamp.json"

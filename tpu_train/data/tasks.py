@@ -41,10 +41,9 @@ import tensorflow_datasets as tfds
 
 from tpu_train.data.builders import InfinitymathConfig
 from tpu_train.data.prompts import ALPACA, POT_TRIGGER, PromptFormat
-from tpu_train.data.sources import DEFAULT_TFDS_DIR, SHIPPED_DIR, prepare
+from tpu_train.data.sources import DEFAULT_TFDS_DIR, SHIPPED_TOKENIZER, prepare
 from tpu_train.data.vocabulary import load_vocabulary, prompt_prefix_ids
 
-DEFAULT_TOKENIZER = SHIPPED_DIR / "tokenizer.model"
 DEFAULT_MIXTURES: dict[str, dict[str, float]] = {
     "infinitymath_hybrid": {"infinitymath_pot": 1.0, "mathinstruct": 1.0},
     "gsm8k_pot_mix": {"gsm8k_pot": 1.0, "gsm8k_pot_variants": 1.0},
@@ -155,7 +154,7 @@ def add_task(
     name: str,
     source: str,
     fmt: str,
-    vocab_path: str | Path = DEFAULT_TOKENIZER,
+    vocab_path: str | Path = SHIPPED_TOKENIZER,
     data_dir: str | Path = DEFAULT_TFDS_DIR,
     manual_dir: str | Path | None = None,
     config: tfds.core.BuilderConfig | None = None,
@@ -192,7 +191,7 @@ def add_task(
 
 
 def register_tasks(
-    vocab_path: str | Path = DEFAULT_TOKENIZER,
+    vocab_path: str | Path = SHIPPED_TOKENIZER,
     data_dir: str | Path = DEFAULT_TFDS_DIR,
     manual_dir: str | Path | None = None,
     mixtures: Mapping[str, Mapping[str, float]] = DEFAULT_MIXTURES,
@@ -247,5 +246,5 @@ def count_overlong(
 # Importing this module registers everything with the shipped tokenizer and default folders, which is
 # what `data.registry_modules` in the training config relies on. Call `register_tasks` again to use
 # another tokenizer (Llama-2 / CodeLlama `tokenizer.model`), TFDS folder or manual folder.
-if DEFAULT_TOKENIZER.exists():
+if SHIPPED_TOKENIZER.exists():
     register_tasks()

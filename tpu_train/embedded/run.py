@@ -31,7 +31,8 @@ from tpu_train.data.prompts import make_format, read_format, write_format
 from tpu_train.embedded import evaluation, program_data, report
 from tpu_train.embedded import tasks as embedded_tasks
 from tpu_train.embedded.pretrained import fetch_smollm2
-from tpu_train.interop.hf import GgufFile, export_hf, import_checkpoint
+from tpu_train.interop.gguf import GGUFCheckpoint
+from tpu_train.interop.hf import export_hf, import_checkpoint
 from tpu_train.sampling.tokenizer import load_tokenizer
 from tpu_train.training.loop import RUNTIME_MODEL_FIELDS, train
 
@@ -58,7 +59,7 @@ def _import(config, model_dir: Path) -> None:
         print(f"      {model_dir} already holds the imported model")
         return
     runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
-    cfg = import_checkpoint(GgufFile(gguf), model_dir, overrides=runtime)
+    cfg = import_checkpoint(GGUFCheckpoint(gguf), model_dir, overrides=runtime)
     print(
         f"      {gguf.name}: {cfg.num_params() / 1e6:.1f}M parameters, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, {cfg.num_heads}/{cfg.num_kv_heads} heads, vocab {cfg.vocab_size} "

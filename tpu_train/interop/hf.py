@@ -1,7 +1,7 @@
 """Import a Hugging Face Llama directory into a workdir, and export a workdir back.
 
     import_hf(hf_dir, workdir)    config.json + safetensors  ->  W/checkpoints/0 (Orbax) + W/model_config.json
-    import_checkpoint(GgufFile(f), workdir)   a llama.cpp GGUF file, dequantized  ->  the same
+    import_checkpoint(GGUFCheckpoint(f), workdir)   a llama.cpp GGUF file, dequantized  ->  the same
     export_hf(workdir, out_dir)   W/checkpoints/<step>       ->  safetensors + config.json + generation_config.json
                                                                  (+ tokenizer files)
 
@@ -67,45 +67,33 @@ class HfDirectory:
     def get(self, name: str) -> np.ndarray:
         return self.reader.get(name)
 
-    def write_tokenizer(self, workdir: str | Path) -> list[str]:
+    def write_tokenizer(self, out_dir: str | Path) -> list[str]:
         """Copies the directory's tokenizer files, if it has any (returns their names)."""
-        if not any((self.path / n).exists() for n in checkpoint.TOKENIZER_FILES):
-            return []
-        return checkpoint.copy_tokenizer(self.path, workdir)
+        return checkpoint.copy_tokenizer(self.path, out_dir)
 
 
-class GgufFile:
-    """A llama.cpp GGUF file as an import source (`tpu_train.interop.gguf` reads and dequantizes it)."""
-
-    def __init__(self, path: str | Path):
-        from tpu_train.interop.gguf import GGUFCheckpoint
-
-        self.path = Path(path)
-        self.file = GGUFCheckpoint(self.path)
-
-    def config(self, **overrides: Any) -> LlamaConfig:
-        return self.file.config(**overrides)
-
-    def names(self) -> set[str]:
-        return self.file.names()
-
-    def get(self, name: str) -> np.ndarray:
-        return self.file.get(name)
-
-    def write_tokenizer(self, workdir: str | Path) -> list[str]:
-        with tempfile.TemporaryDirectory() as tmp:  # the workdir may be on gs://
-            self.file.write_tokenizer(tmp)
-            return checkpoint.copy_tokenizer(tmp, workdir)
-
-
-ImportSource = HfDirectory | GgufFile
+# What an import reads: `config(**overrides)`, `names()`, `get(hf_name)` (HF layout, float32) and
+# `write_tokenizer(local_dir)`. `GGUFCheckpoint` (a llama.cpp file, `tpu_train.interop.gguf`) is one.
+ImportSource = Any
 
 
 def open_source(hf_dir: str | Path = "", gguf: str | Path = "") -> ImportSource:
     """The checkpoint to import: exactly one of a transformers directory and a GGUF file."""
     if bool(hf_dir) == bool(gguf):
         raise ValueError("give exactly one of hf_dir (a transformers directory) and gguf (a file)")
-    return HfDirectory(hf_dir) if hf_dir else GgufFile(gguf)
+    if hf_dir:
+        return HfDirectory(hf_dir)
+    from tpu_train.interop.gguf import GGUFCheckpoint
+
+    return GGUFCheckpoint(gguf)
+
+
+def write_tokenizer(source: ImportSource, workdir: str | Path) -> list[str]:
+    """Writes an import source's tokenizer into a workdir (local or gs://; the source writes into a
+    local directory, then the files are copied); returns their names ([] for a source without one)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source.write_tokenizer(tmp)
+        return checkpoint.copy_tokenizer(tmp, workdir)
 
 
 def load_params(source: ImportSource, cfg: LlamaConfig, sharder: Sharder | None = None) -> dict:
@@ -151,7 +139,7 @@ def import_checkpoint(
     cfg = source.config(**(overrides or {}))
     params = load_params(source, cfg)
     checkpoint.save_params(workdir, 0, params, cfg)
-    source.write_tokenizer(workdir)
+    write_tokenizer(source, workdir)
     return cfg
 
 
@@ -231,10 +219,7 @@ def export_hf(
     params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None), step)
     with tempfile.TemporaryDirectory() as tmp:
         # sentencepiece and tokenizers read local files only; the workdir may be on gs://
-        work = checkpoint.workdir_path(workdir)
-        has_tokenizer = any((work / n).exists() for n in checkpoint.TOKENIZER_FILES)
-        if has_tokenizer:
-            checkpoint.copy_tokenizer(work, tmp)
+        has_tokenizer = bool(checkpoint.copy_tokenizer(checkpoint.workdir_path(workdir), tmp))
         files = export_params(
             params,
             cfg,

@@ -75,9 +75,9 @@ def check_config(
         )
     tokenizer = config.data.tokenizer
     if not tokenizer and not (config.init.hf_dir or config.init.get("gguf", "")):
-        from tpu_train.data.sources import SHIPPED_DIR
+        from tpu_train.data.sources import SHIPPED_TOKENIZER
 
-        tokenizer = str(SHIPPED_DIR / "tokenizer.model")  # what a run from scratch tokenizes with
+        tokenizer = str(SHIPPED_TOKENIZER)  # what a run from scratch tokenizes with
     if tokenizer and Path(tokenizer).exists():
         from tpu_train.data.vocabulary import load_vocabulary
 

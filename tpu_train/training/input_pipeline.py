@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from tpu_train.data.prompts import ALPACA, PromptFormat
+from tpu_train.data.sources import SHIPPED_TOKENIZER
 from tpu_train.training.step import BATCH_KEYS
 
 
@@ -30,7 +31,7 @@ def register(data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = 
     from tpu_train.data import tasks
 
     tasks.register_tasks(
-        vocab_path=data_cfg.tokenizer or tasks.DEFAULT_TOKENIZER,
+        vocab_path=data_cfg.tokenizer or SHIPPED_TOKENIZER,
         manual_dir=data_cfg.manual_dir or None,
         prompt_format=prompt_format,
     )

@@ -23,8 +23,8 @@ from etils import epath
 
 from tpu_train import checkpoint
 from tpu_train.data import prompts
-from tpu_train.data.sources import SHIPPED_DIR
-from tpu_train.interop.hf import ImportSource, load_params, open_source
+from tpu_train.data.sources import SHIPPED_TOKENIZER
+from tpu_train.interop.hf import ImportSource, load_params, open_source, write_tokenizer
 from tpu_train.model.config import LlamaConfig, get_preset
 from tpu_train.model.params import canonical_abstract, canonical_params, init_model
 from tpu_train.sharding import DEFAULT_RULES, Sharder, describe, make_mesh
@@ -35,9 +35,6 @@ from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
 
 # Model fields a training config may set; they change how the model runs, never its parameter shapes.
 RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "scan_layers", "remat_policy", "attention")
-
-
-DEFAULT_TOKENIZER = SHIPPED_DIR / "tokenizer.model"  # for runs from scratch that name none
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,11 +78,10 @@ def prepare_tokenizer(
     """Puts the run's tokenizer into a new workdir (the imported model's; else `data.tokenizer`, default
     the shipped one) and returns the data section with `tokenizer` resolved: `data.tokenizer` if set,
     else the workdir's own, so the tasks tokenize with the tokenizer the model came with."""
-    has_tokenizer = any((workdir / name).exists() for name in checkpoint.TOKENIZER_FILES)
-    if not has_tokenizer:
-        copied = source.write_tokenizer(workdir) if source is not None else []
+    if not checkpoint.has_tokenizer(workdir):
+        copied = write_tokenizer(source, workdir) if source is not None else []
         if not copied:  # from scratch, or an import that carries no tokenizer
-            checkpoint.copy_tokenizer(config.data.tokenizer or DEFAULT_TOKENIZER, workdir)
+            checkpoint.copy_tokenizer(config.data.tokenizer or SHIPPED_TOKENIZER, workdir)
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     data_cfg.tokenizer = config.data.tokenizer or str(workdir)
     return data_cfg
@@ -140,13 +136,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     opt_abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), opt_abstract, opt_shardings
     )
-    if ckpt.latest_step() is None and source is not None:
+
+    def import_params() -> dict:
         say(f"importing {source.path} into {workdir} (step 0)")
+        return load_params(source, model_cfg, sharder)
+
     first = checkpoint.start(
         ckpt,
         abstract_params,
         opt_abstract,
-        import_params=(lambda: load_params(source, model_cfg, sharder)) if source else None,
+        import_params=import_params if source is not None else None,
         init_params=lambda: canonical_params(init_model(model_cfg, sharder, seed=config.seed)),
     )
     opt_state = first.opt_state if first.opt_state is not None else init_opt(first.params)
