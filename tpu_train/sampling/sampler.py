@@ -119,12 +119,12 @@ class Sampler:
             if len(seq) > self.cache_size:  # cannot even be prefilled: nothing generated
                 results[i] = Completion((), CACHE_FULL, "" if self.tokenizer else None)
         order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(ids[i]))
-        rows = min(
-            self.batch_size, _next_power_of_two(len(order))
-        )  # few distinct shapes to compile
         key = jax.random.key(params.seed)
         for batch_number, start in enumerate(range(0, len(order), self.batch_size)):
             members = order[start : start + self.batch_size]
+            # Rows rounded up to a power of two: few shapes to compile, and a short last batch does not
+            # pay for a full one (8 prompts on 32 rows decode about 2x slower than on 8, on CPU).
+            rows = min(self.batch_size, _next_power_of_two(len(members)))
             batch_key = jax.random.fold_in(key, batch_number)
             completions = self._generate_batch([ids[i] for i in members], rows, params, batch_key)
             for i, completion in zip(members, completions, strict=True):
