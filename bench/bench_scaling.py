@@ -19,7 +19,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tpu_train.planning import scaling
+from tpu_train.training import scaling
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ burst of load from other jobs hits every side alike; each side reports its best 
 Separate processes because a user runs one framework at a time, and because sharing a process slowed our
 step (327 tokens/s interleaved with torch against 452-472 alone; a likely cause, not measured, is torch's
 OpenMP threads still spinning after each torch step). MFU uses the FLOP formula of
-`tpu_train.training.metrics.flops_per_token` against the float32 peak of a large jitted matmul measured
+`LlamaConfig.flops_per_token` against the float32 peak of a large jitted matmul measured
 in the same run.
 """
 
@@ -188,7 +188,7 @@ def run(
                 raise RuntimeError(f"{side} failed:\n{done.stderr[-2000:]}")
             found[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
     peak = max(peak, metrics.measure_matmul_peak(n=2048, repeats=5))  # best of before and after
-    flops_token = metrics.flops_per_token(cfg, seq)
+    flops_token = cfg.flops_per_token(seq)
     result = {
         "params": cfg.num_params(),
         "tokens_per_step": tokens,

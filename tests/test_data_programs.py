@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tpu_train.data import gsm8k_plus, gsm8k_to_programs
-from tpu_train.data.arith import AnnotationError, parse_annotation
+from tpu_train.data.annotations import AnnotationError, parse_annotation
 from tpu_train.data.gsm8k_programs import ConversionError, synthesize
 from tpu_train.data.gsm8k_to_programs import convert, read_gsm8k
 from tpu_train.data.records import (

@@ -47,3 +47,42 @@ def test_float32_result_from_bfloat16_operands_and_gradients_in_operand_dtype():
         np.broadcast_to(x.astype(np.float32).sum((0, 1))[:, None], (8, 16)),
         rtol=2e-2,
     )
+
+
+def _dot_operand_shapes(fn, *args) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(lhs shape, rhs shape) of every dot_general in the traced program of fn(*args)."""
+    shapes = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                shapes.append(tuple(tuple(v.aval.shape) for v in eqn.invars))
+            for param in eqn.params.values():  # nested programs (custom_vjp, pjit) hold more
+                for sub in param if isinstance(param, tuple | list) else (param,):
+                    inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr wraps its Jaxpr
+                    if hasattr(inner, "eqns"):
+                        visit(inner)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, contract, left",
+    [
+        ((2, 5, 8), (8, 24), 1, "x"),  # 8 input features < 24 outputs: x on the left
+        ((2, 5, 24), (24, 8), 1, "g"),  # 8 outputs < 24 inputs: the gradient on the left
+        ((2, 5, 4, 6), (4, 6, 8), 2, "g"),
+        ((2, 5, 8), (8, 3, 4), 1, "x"),
+    ],
+)
+def test_weight_gradient_puts_the_smaller_operand_on_the_left(x_shape, w_shape, contract, left):
+    """The weight gradient contracts tokens with the narrower of x and g on the left (the operand XLA:CPU
+    copies into transposed form), where autodiff of tensordot would always put g there."""
+    x = jnp.ones(x_shape)
+    w = jnp.ones(w_shape)
+    g_shape = (*x_shape[: len(x_shape) - contract], *w_shape[contract:])
+    dots = _dot_operand_shapes(jax.grad(lambda w: dense(x, w, contract=contract).sum()), w)
+    weight_grads = [d for d in dots if w_shape not in d]  # the dots of x and g (the forward has w)
+    expected = (x_shape, g_shape) if left == "x" else (g_shape, x_shape)
+    assert weight_grads == [expected], dots

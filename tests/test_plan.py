@@ -17,9 +17,8 @@ import pytest
 
 from tpu_train.model.params import canonical_abstract, canonical_params, init_model
 from tpu_train.planning import make_plan, parse_topology, sharded_param_bytes
-from tpu_train.planning.scaling import SMALL
-from tpu_train.sharding import Sharder, bytes_per_device, make_mesh
-from tpu_train.training.loop import optimizer_state_shardings
+from tpu_train.sharding import Sharder, bytes_per_device, make_mesh, optimizer_state_shardings
+from tpu_train.training.scaling import SMALL
 from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
 
 

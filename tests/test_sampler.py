@@ -9,10 +9,10 @@ import torch
 
 from tests.conftest import make_hf_llama
 from tpu_train.interop.hf import import_hf
+from tpu_train.model.kv_cache import init_cache
 from tpu_train.model.params import canonical_abstract, canonical_params, model_from_params
 from tpu_train.sampling import Sampler, SamplingParams, load_for_sampling
-from tpu_train.sampling.cache import init_cache
-from tpu_train.sampling.decode import as_scanned, as_unrolled, forward, select_tokens
+from tpu_train.sampling.decode import as_scanned, as_unrolled, select_tokens
 from tpu_train.sharding import Sharder, make_mesh
 
 EOS = 2  # transformers' LlamaConfig default eos_token_id
@@ -64,7 +64,7 @@ def test_cached_decoding_matches_full_forward(tiny, layers):
     full = np.asarray(model(jnp.asarray(rows), jnp.asarray(positions), jnp.asarray(segments)))
 
     cache = init_cache(model.cfg, 2, 32, per_layer=layers == "unrolled")
-    step = jax.jit(forward)
+    step = jax.jit(lambda model, cache, *inputs: model.hidden_states(*inputs, cache=cache))
     hidden, cache = step(model, cache, rows[:, :width], positions[:, :width], segments[:, :width])
     prefilled = np.asarray(model.logits(hidden))
     real = (

@@ -14,6 +14,7 @@ import pytest
 import seqio_fixture_tasks  # noqa: F401  (registers fixture_arithmetic)
 from train_helpers import final_params, metric_rows, run_train, start_train, tiny_config
 
+from tpu_train import checkpoint
 from tpu_train.model import get_preset
 from tpu_train.model.params import canonical_params, init_model, model_from_params
 from tpu_train.training import input_pipeline
@@ -40,6 +41,34 @@ def test_loss_decreases_and_metrics_are_written(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     _, step = final_params(tmp_path)
     assert step == 30
+
+
+def test_validation_loss_hook_scores_the_validation_split(tmp_path):
+    """val/loss every 2 steps on the same 2 validation batches; the last one equals the loss of the final
+    checkpoint on those batches, computed here independently."""
+    from tpu_train.training.hooks import validation_data
+
+    config = tiny_config(num_steps=4, log_every=2)
+    config.eval.validation_every_steps, config.eval.validation_batches = 2, 2
+    train(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in metric_rows(tmp_path)] == [2, 4]  # the training rows stay apart
+    data_cfg = validation_data(config.data)
+    data_cfg.tokenizer = str(tmp_path)
+    batches = input_pipeline.global_batches(
+        data_cfg, config.train.batch_size, seed=0, process_index=0, process_count=1
+    )
+    params, _ = final_params(tmp_path)
+    cfg = checkpoint.read_model_config(tmp_path)
+    loss = tokens = 0.0
+    for _ in range(2):
+        sums = loss_sums(cfg, None, params, {k: jnp.asarray(v) for k, v in next(batches).items()})[
+            1
+        ]
+        loss, tokens = loss + float(sums["loss"]), tokens + float(sums["tokens"])
+    np.testing.assert_allclose(rows[-1]["val/loss"], loss / tokens, rtol=1e-4)
+    assert 0 < rows[-1]["val/token_accuracy"] <= 1
 
 
 def _batch(config, n):

@@ -6,6 +6,7 @@ Layout of a workdir:
     W/tokenizer.json (+ tokenizer_config.json)  or  W/tokenizer.model
                                the tokenizer travelling with the weights (Hugging Face or sentencepiece)
     W/prompt_format.json       the prompt format the model was trained in (`tpu_train.data.prompts`)
+    W/train.lock               while a training run holds W: its host and pid (`WorkdirLock`)
     W/checkpoints/<step>/      Orbax CheckpointManager steps, items:
         params     canonical (layers-stacked) parameter tree: what import, export and sampling use
         opt_state  optimizer state (absent for a step-0 checkpoint made by an import)
@@ -28,6 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,20 +39,108 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tpu_train import tokenizer_files
 from tpu_train.model.config import LlamaConfig
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG_FILE = "model_config.json"
-SENTENCEPIECE_FILE = "tokenizer.model"
-# Hugging Face tokenizer files travel together; tokenizer.json is the one that must exist.
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-TOKENIZER_FILES = (SENTENCEPIECE_FILE, *HF_TOKENIZER_FILES)
 
 
 def workdir_path(workdir: str | Path) -> epath.Path:
     """A workdir as a path object that also understands Cloud Storage (gs://...) paths."""
     path = epath.Path(workdir)
     return path if str(workdir).startswith("gs://") else epath.Path(Path(workdir).absolute())
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another training process holds the workdir."""
+
+
+class WorkdirLock:
+    """Held by the training run of a workdir, so that a second run in the same directory is refused
+    instead of overwriting the first one's checkpoints and metrics.
+
+    The lock is a file created exclusively (`O_EXCL`) that names its holder's host and pid. A lock left
+    by a process that died on this host (a SIGKILL, a lost machine that came back) is taken over with a
+    warning; one held on another host is refused, naming the file to delete if that run is gone. Only
+    local workdirs are locked: object stores (gs://) have no exclusive create, so there the caller
+    relies on running one job per workdir.
+
+    Example:
+        >>> import tempfile
+        >>> w = tempfile.mkdtemp()
+        >>> with WorkdirLock(w):
+        ...     WorkdirLock(w).acquire()
+        Traceback (most recent call last):
+        ...
+        tpu_train.checkpoint.WorkdirBusyError: ...
+    """
+
+    FILE = "train.lock"
+
+    def __init__(self, workdir: str | Path):
+        self.path = workdir_path(workdir) / self.FILE
+        self.held = False
+
+    def acquire(self) -> WorkdirLock:
+        if not _is_local(self.path):
+            return self
+        host, pid = socket.gethostname(), os.getpid()
+        for _ in range(2):  # a second try after removing a stale lock
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == host and not _alive(holder.get("pid")):
+                    print(
+                        f"warning: {self.path} was left by pid {holder.get('pid')}, which is no "
+                        "longer running; taking it over"
+                    )
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise WorkdirBusyError(
+                    f"{self.path}: this workdir is in use by pid {holder.get('pid')} on "
+                    f"{holder.get('host')} (since {holder.get('since')}); wait for that run, use "
+                    "another --workdir, or delete the file if that run is gone"
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"host": host, "pid": pid, "since": time.strftime("%F %T")}, handle)
+            self.held = True
+            return self
+        raise WorkdirBusyError(f"{self.path}: could not take the lock")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # half-written by a holder that died at once: treated as another host's
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _is_local(path: epath.Path) -> bool:
+    return "://" not in str(path)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: do not take over
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_model_config(workdir: str | Path, cfg: LlamaConfig) -> None:
@@ -69,7 +161,7 @@ def read_model_config(workdir: str | Path) -> LlamaConfig:
 
 def has_tokenizer(directory: str | Path) -> bool:
     """Whether a directory (local or gs://) holds any tokenizer file."""
-    return any((epath.Path(directory) / name).exists() for name in TOKENIZER_FILES)
+    return any((epath.Path(directory) / name).exists() for name in tokenizer_files.ALL_FILES)
 
 
 def copy_tokenizer(source: str | Path, workdir: str | Path) -> list[str]:
@@ -79,13 +171,17 @@ def copy_tokenizer(source: str | Path, workdir: str | Path) -> list[str]:
     files (which must exist)."""
     source, target = epath.Path(source), workdir_path(workdir)
     if source.is_dir():
-        pairs = [(source / name, name) for name in TOKENIZER_FILES if (source / name).exists()]
+        pairs = [
+            (source / name, name) for name in tokenizer_files.ALL_FILES if (source / name).exists()
+        ]
         if not pairs:
             return []
     elif source.name.endswith(".model"):  # any sentencepiece model file
-        pairs = [(source, SENTENCEPIECE_FILE)]
+        pairs = [(source, tokenizer_files.SENTENCEPIECE_MODEL)]
     else:  # tokenizer.json: its config files beside it travel with it
-        pairs = [(source.parent / n, n) for n in HF_TOKENIZER_FILES if (source.parent / n).exists()]
+        pairs = [
+            (source.parent / n, n) for n in tokenizer_files.HF_FILES if (source.parent / n).exists()
+        ]
     if not pairs or not pairs[0][0].exists():
         raise FileNotFoundError(f"{source}: no tokenizer.json or tokenizer.model there")
     target.mkdir(parents=True, exist_ok=True)

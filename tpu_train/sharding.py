@@ -196,3 +196,18 @@ def describe(mesh: Mesh, arrays: object) -> str:
         f"mesh [{shape}] ({mesh.size} devices): {total / 2**20:,.1f} MiB in all, "
         f"{local / 2**20:,.1f} MiB per device ({local / max(total, 1):.1%})"
     )
+
+
+def optimizer_state_shardings(opt_abstract, param_shardings, replicated):
+    """Every subtree of the optimizer state shaped like the parameters (Adam's moments) is sharded like
+    the parameters; everything else (step counters) is replicated."""
+    param_def = jax.tree.structure(param_shardings)
+
+    def like_params(node) -> bool:
+        return jax.tree.structure(node) == param_def
+
+    return jax.tree.map(
+        lambda node: param_shardings if like_params(node) else replicated,
+        opt_abstract,
+        is_leaf=like_params,
+    )

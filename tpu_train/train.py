@@ -11,6 +11,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from tpu_train.checkpoint import WorkdirBusyError
+from tpu_train.training.config_checks import ConfigError
 from tpu_train.training.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,7 +42,10 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif _DISTRIBUTED.value:
         jax.distributed.initialize()
-    train(_CONFIG.value, _WORKDIR.value)
+    try:
+        train(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, WorkdirBusyError) as err:  # the user's to fix: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from tpu_train.data.arith import Annotation, AnnotationError, Literal, parse_annotation
-from tpu_train.data.textnums import NumberMention, find_numbers, parse_number
+from tpu_train.data.annotations import Annotation, AnnotationError, Literal, parse_annotation
+from tpu_train.data.textnums import NumberMention, find_numbers, parse_plain_decimal
 from tpu_train.data.variables import infer_spec
 
 _ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
@@ -319,7 +319,7 @@ def _parse_gold(answer: str, problem_id: str) -> Fraction:
         raise ConversionError("no_final_answer", f"{problem_id}: answer has no '####' line")
     gold_text = answer.rsplit("####", 1)[1].strip()
     try:
-        return parse_number(gold_text)
+        return parse_plain_decimal(gold_text)
     except ValueError as err:
         raise ConversionError("non_numeric_answer", f"{problem_id}: {gold_text!r}") from err
 

@@ -30,8 +30,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tpu_train import jsonl
 from tpu_train.data.gsm8k_programs import ConversionError, Draft, synthesize
-from tpu_train.data.records import ProgramRecord, RecordError, iter_jsonl, write_jsonl
+from tpu_train.data.records import ProgramRecord, RecordError, write_jsonl
 from tpu_train.data.verify import Executor, ExecutorConfig, answers_match, run_programs
 
 _CHUNK = 512
@@ -79,13 +80,9 @@ def read_gsm8k(path: str | Path, split: str = "train") -> list[GsmItem]:
         RecordError: naming file, line and field for a line that is not a GSM8K record.
     """
     items = []
-    for index, (where, line) in enumerate(iter_jsonl(path)):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: invalid JSON: {err}") from err
+    for index, (where, row) in enumerate(jsonl.objects(path, RecordError)):
         for field in ("question", "answer"):
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            if not isinstance(row.get(field), str):
                 raise RecordError(f"{where}: field {field!r} missing or not a string")
         items.append(GsmItem(f"gsm8k/{split}/{index}", row["question"], row["answer"]))
     return items

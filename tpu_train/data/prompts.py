@@ -29,6 +29,8 @@ from pathlib import Path
 
 from etils import epath
 
+from tpu_train import tokenizer_files
+
 POT_TRIGGER = " Let's write a program."
 FORMAT_FILE = "prompt_format.json"
 FORMAT_NAMES = ("alpaca", "chat")
@@ -90,7 +92,7 @@ def make_format(name: str, tokenizer_dir: str | Path | None = None) -> PromptFor
         return ALPACA
     if name != "chat":
         raise ValueError(f"prompt format {name!r}; choose one of {FORMAT_NAMES}")
-    path = epath.Path(tokenizer_dir or ".") / "tokenizer_config.json"
+    path = epath.Path(tokenizer_dir or ".") / tokenizer_files.TOKENIZER_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path}: prompt format 'chat' needs the tokenizer's chat_template")
     config = json.loads(path.read_text())

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tpu_train import jsonl
+
 ORIGINAL_PROBLEM_ALIASES = (
     "original_problem",
     "ori_problem",
@@ -36,7 +38,7 @@ ORIGINAL_PROBLEM_ALIASES = (
 )
 
 
-class RecordError(ValueError):
+class RecordError(jsonl.JsonlError):
     """A line that cannot be interpreted; the message names file, line and field."""
 
 
@@ -145,12 +147,7 @@ class ProgramRecord:
     def from_json(line: str, where: str, fields: FieldMap | None = None) -> ProgramRecord:
         """Parse one line; `where` ("file:line") prefixes every error message."""
         fields = fields or FieldMap()
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: invalid JSON: {err}") from err
-        if not isinstance(row, dict):
-            raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = jsonl.parse_object(line, where, RecordError)
         text_fields = {}
         for name in ("id", "source", "original_problem", "general_problem", "generated_program"):
             value = fields.lookup(row, name, where)
@@ -177,13 +174,6 @@ class ProgramRecord:
         )
 
 
-def open_text(path: str | Path, mode: str = "r") -> IO[str]:
-    """Open a UTF-8 text file, transparently gzip-compressed when the name ends in ".gz"."""
-    if str(path).endswith(".gz"):
-        return gzip.open(path, mode + "t", encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | Path, inputs: Sequence[str | Path] = ()) -> Iterator[IO[str]]:
     """A text file (".gz" compresses) written under a temporary name beside `path` and renamed into place
@@ -207,14 +197,6 @@ def atomic_output(path: str | Path, inputs: Sequence[str | Path] = ()) -> Iterat
         raise
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Yield ("file:line", text) for each non-blank line of a JSONL file (".gz" accepted)."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield f"{path}:{number}", line
-
-
 def read_program_records(
     path: str | Path, fields: FieldMap | None = None, skip_bad: bool = False
 ) -> tuple[list[ProgramRecord], list[str]]:
@@ -224,7 +206,7 @@ def read_program_records(
     `skip_bad=False` (the default) the first bad line raises RecordError instead.
     """
     records, skipped = [], []
-    for where, line in iter_jsonl(path):
+    for where, line in jsonl.lines(path):
         try:
             records.append(ProgramRecord.from_json(line, where, fields))
         except RecordError as err:

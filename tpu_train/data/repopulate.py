@@ -31,13 +31,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tpu_train import jsonl
 from tpu_train.data.records import (
     FieldMap,
     ProgramRecord,
     RecordError,
     atomic_output,
-    iter_jsonl,
-    open_text,
 )
 from tpu_train.data.substitute import SubstitutionError, check_substitutable, substitute
 from tpu_train.data.textnums import canonical_answer, decimal_places
@@ -221,7 +220,7 @@ def repopulate(
 def _read(
     path: str, fields: FieldMap, skip_bad: bool, skipped: list[str]
 ) -> Iterator[ProgramRecord]:
-    for where, line in iter_jsonl(path):
+    for where, line in jsonl.lines(path):
         try:
             yield ProgramRecord.from_json(line, where, fields)
         except RecordError as err:
@@ -247,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"--output {args.output} is the --input file; write the variants to another file"
         )
-    with open_text(args.input) as handle:
+    with jsonl.open_text(args.input) as handle:
         total = sum(1 for line in handle if line.strip())
     skipped: list[str] = []
     records = _read(args.input, FieldMap.parse(args.field_map), args.skip_bad_lines, skipped)

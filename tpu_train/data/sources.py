@@ -25,10 +25,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from tpu_train import tokenizer_files
 from tpu_train.data.builders import Gsm8k, Infinitymath, Mathinstruct
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data"
-SHIPPED_TOKENIZER = SHIPPED_DIR / "tokenizer.model"  # what runs from scratch tokenize with
+SHIPPED_TOKENIZER = (
+    SHIPPED_DIR / tokenizer_files.SENTENCEPIECE_MODEL
+)  # what runs from scratch tokenize with
 # Prepared TFRecords are a cache: kept outside the repository, where TFDS keeps its own.
 DEFAULT_TFDS_DIR = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
 _STAMP = "source_stamp.json"

@@ -43,11 +43,15 @@ class NumberMention:
     percent: bool
 
 
-def parse_number(text: str) -> Fraction:
-    """Parse a plain decimal number such as "1,250.50", "-3" or ".5" exactly.
+def parse_plain_decimal(text: str) -> Fraction:
+    """Parse a plain decimal numeral such as "1,250.50", "-3" or ".5" exactly.
+
+    Deliberately strict: this reads the numerals written in problems and GSM8K's "####" lines, where
+    anything else ("1/2", "$5", "50%") must be reported, not interpreted. Reading a model's *answer*
+    is the lenient `tpu_train.evaluation.numbers.parse_number` (currency, percent, fractions, LaTeX).
 
     Example:
-        >>> parse_number("1,000.25")
+        >>> parse_plain_decimal("1,000.25")
         Fraction(4001, 4)
 
     Raises:
@@ -73,7 +77,7 @@ def find_numbers(text: str) -> list[NumberMention]:
                 text=raw,
                 start=start,
                 end=end,
-                value=parse_number(raw),
+                value=parse_plain_decimal(raw),
                 decimals=len(raw.split(".", 1)[1]) if "." in raw else 0,
                 commas="," in raw,
                 prefix=text[start - 1] if start > 0 and text[start - 1] == "$" else "",

@@ -19,14 +19,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
-from tpu_train.data.records import RecordError, iter_jsonl
+from tpu_train import jsonl
+from tpu_train.data.records import RecordError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 _TEXT_FIELDS = (
@@ -42,11 +42,7 @@ _TEXT_FIELDS = (
 def texts_from_jsonl(paths: Iterable[str | Path]) -> Iterator[str]:
     """The text fields of GSM8K, MathInstruct-style and InfinityMATH-format JSONL files."""
     for path in paths:
-        for where, line in iter_jsonl(path):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{where}: invalid JSON: {err}") from err
+        for _, row in jsonl.objects(path, RecordError):
             for name in _TEXT_FIELDS:
                 if isinstance(row.get(name), str):
                     yield row[name]

@@ -41,14 +41,14 @@ import seqio
 import tensorflow as tf
 from etils import epath
 
+from tpu_train import tokenizer_files
+
 if TYPE_CHECKING:
     from tpu_train.sampling.tokenizer import HfTokenizer
 
 __all__ = ["HfTokenizerVocabulary", "load_vocabulary", "prompt_prefix_ids"]
 
 # Spelled here, not imported: `tpu_train.sampling` is imported lazily (see `_hf_tokenizer`).
-_TOKENIZER_JSON = "tokenizer.json"
-_SENTENCEPIECE_MODEL = "tokenizer.model"
 
 
 def _hf_tokenizer(path: str | Path | epath.Path) -> HfTokenizer:
@@ -250,12 +250,12 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
     """
     p = epath.Path(path)
     if p.is_dir():
-        if (p / _TOKENIZER_JSON).exists():
+        if (p / tokenizer_files.TOKENIZER_JSON).exists():
             return HfTokenizerVocabulary(p)
-        if (p / _SENTENCEPIECE_MODEL).exists():
-            return seqio.SentencePieceVocabulary(str(p / _SENTENCEPIECE_MODEL))
+        if (p / tokenizer_files.SENTENCEPIECE_MODEL).exists():
+            return seqio.SentencePieceVocabulary(str(p / tokenizer_files.SENTENCEPIECE_MODEL))
         raise FileNotFoundError(
-            f"{path}: no {_TOKENIZER_JSON} or {_SENTENCEPIECE_MODEL} in this directory"
+            f"{path}: no {tokenizer_files.TOKENIZER_JSON} or {tokenizer_files.SENTENCEPIECE_MODEL} in this directory"
         )
     if p.exists():
         if p.name.endswith(".json"):
@@ -263,6 +263,6 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
         if p.name.endswith(".model"):
             return seqio.SentencePieceVocabulary(str(p))
     raise FileNotFoundError(
-        f"{path}: not a tokenizer; expected a directory holding {_TOKENIZER_JSON} or "
-        f"{_SENTENCEPIECE_MODEL}, a tokenizer .json file or a sentencepiece .model file"
+        f"{path}: not a tokenizer; expected a directory holding {tokenizer_files.TOKENIZER_JSON} or "
+        f"{tokenizer_files.SENTENCEPIECE_MODEL}, a tokenizer .json file or a sentencepiece .model file"
     )

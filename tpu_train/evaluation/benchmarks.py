@@ -14,12 +14,13 @@ import os
 import re
 from collections.abc import Callable, Iterator
 
+from tpu_train import jsonl
 from tpu_train.evaluation import extract
 
 EVAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "eval")
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(jsonl.JsonlError):
     """A benchmark file does not have the shape its loader expects."""
 
 
@@ -37,20 +38,8 @@ class Record:
 
 def _jsonl(path: str) -> Iterator[tuple[int, str, dict]]:
     """Yield (0-based record index, "file:line" for messages, row)."""
-    index = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkFormatError(f"{where}: invalid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkFormatError(f"{where}: expected an object")
-            yield index, where, row
-            index += 1
+    for index, (where, row) in enumerate(jsonl.objects(path, BenchmarkFormatError)):
+        yield index, where, row
 
 
 def _json_array(path: str) -> Iterator[tuple[int, str, dict]]:

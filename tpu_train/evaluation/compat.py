@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from tpu_train.evaluation import arith, extract
+from tpu_train.evaluation import extract, option_arith
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _EPS = 0.04
@@ -107,7 +107,7 @@ def choice_letter(prediction: str | None, options: Sequence[str] | None) -> str:
             best, best_gap = None, math.inf
             for letter, option in zip(letters, options, strict=False):
                 text = extract.strip_option_label(option)
-                option_value = arith.evaluate(text)
+                option_value = option_arith.evaluate(text)
                 if option_value is None:
                     option_value = last_number(text)
                 if option_value is not None and abs(option_value - value) < best_gap:

@@ -18,7 +18,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from tpu_train.evaluation import arith, compat, extract, latex, numbers
+from tpu_train.evaluation import compat, extract, latex, numbers, option_arith
 
 ANSWER_TYPES = ("number", "latex", "expression", "list", "bool", "text", "choice")
 MODES = ("strict", "compat")
@@ -81,7 +81,7 @@ def _option_matches(prediction: numbers.Number, option: str) -> bool:
     parsed = numbers.parse_number(text)
     if parsed is not None:
         return numbers.values_match(prediction, parsed)
-    value = arith.evaluate(text)
+    value = option_arith.evaluate(text)
     if value is None:
         return False
     pred = float(prediction.value)

@@ -14,11 +14,12 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+from tpu_train import jsonl
 from tpu_train.evaluation import benchmarks, extract, grader, scoring
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
 
 
-class InputError(ValueError):
+class InputError(jsonl.JsonlError):
     """A predictions or programs file line is malformed (message names file, line, field)."""
 
 
@@ -30,28 +31,20 @@ class Prediction:
     mode: str
 
 
-def read_jsonl(path: str, required: dict[str, type]) -> list[tuple[int, dict]]:
-    """Parse a JSONL file, checking that each line has the ``required`` fields and types."""
+def read_jsonl(path: str, required: dict[str, type]) -> list[tuple[str, dict]]:
+    """("file:line", row) for each line of a JSONL file, checking that each row has the ``required``
+    fields and types."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{line_no}: expected a JSON object")
-            for field, kind in required.items():
-                if field not in row:
-                    raise InputError(f"{path}:{line_no}: missing field {field!r}")
-                if not isinstance(row[field], kind):
-                    raise InputError(
-                        f"{path}:{line_no}: field {field!r} must be {kind.__name__}, "
-                        f"got {type(row[field]).__name__}"
-                    )
-            rows.append((line_no, row))
+    for where, row in jsonl.objects(path, InputError):
+        for field, kind in required.items():
+            if field not in row:
+                raise InputError(f"{where}: missing field {field!r}")
+            if not isinstance(row[field], kind):
+                raise InputError(
+                    f"{where}: field {field!r} must be {kind.__name__}, "
+                    f"got {type(row[field]).__name__}"
+                )
+        rows.append((where, row))
     return rows
 
 
@@ -59,22 +52,21 @@ def read_predictions(path: str) -> list[Prediction]:
     """Predictions of a JSONL file; two lines for one benchmark item are refused (each item is scored
     once, so that a copied right answer cannot inflate the accuracy)."""
     predictions = []
-    first_line: dict[tuple[str, str], int] = {}
-    for line_no, row in read_jsonl(path, {"id": str, "dataset": str, "output": str, "mode": str}):
+    first_line: dict[tuple[str, str], str] = {}
+    for where, row in read_jsonl(path, {"id": str, "dataset": str, "output": str, "mode": str}):
         if row["mode"] not in ("pot", "cot"):
-            raise InputError(f"{path}:{line_no}: field 'mode' must be 'pot' or 'cot'")
+            raise InputError(f"{where}: field 'mode' must be 'pot' or 'cot'")
         if row["dataset"] not in benchmarks.DATASETS:
             raise InputError(
-                f"{path}:{line_no}: field 'dataset' {row['dataset']!r} is not one of "
-                f"{benchmarks.DATASETS}"
+                f"{where}: field 'dataset' {row['dataset']!r} is not one of {benchmarks.DATASETS}"
             )
         key = (row["dataset"], row["id"].removeprefix(row["dataset"] + "/"))
         if key in first_line:
             raise InputError(
-                f"{path}:{line_no}: a second prediction for {row['dataset']} item {row['id']!r} "
-                f"(the first is on line {first_line[key]}); give one prediction per item"
+                f"{where}: a second prediction for {row['dataset']} item {row['id']!r} "
+                f"(the first is at {first_line[key]}); give one prediction per item"
             )
-        first_line[key] = line_no
+        first_line[key] = where
         predictions.append(Prediction(row["id"], row["dataset"], row["output"], row["mode"]))
     return predictions
 

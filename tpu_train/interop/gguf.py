@@ -55,6 +55,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from tpu_train import tokenizer_files
 from tpu_train.interop.hf_config import UnsupportedCheckpointError, config_from_hf
 from tpu_train.model.config import LlamaConfig, RopeScaling
 from tpu_train.model.rope import inverse_frequencies
@@ -337,10 +338,10 @@ class GGUFCheckpoint:
         tokenizer, config, special = self._tokenizer()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(out / "tokenizer.json"))
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-        return ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+        tokenizer.save(str(out / tokenizer_files.TOKENIZER_JSON))
+        (out / tokenizer_files.TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        (out / tokenizer_files.SPECIAL_TOKENS_MAP).write_text(json.dumps(special, indent=2) + "\n")
+        return list(tokenizer_files.HF_FILES)
 
     def _tokenizer(self) -> tuple[Any, dict, dict]:
         from tokenizers import (

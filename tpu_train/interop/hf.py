@@ -22,7 +22,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from tpu_train import checkpoint
+from tpu_train import checkpoint, tokenizer_files
 from tpu_train.interop import hf_weights
 from tpu_train.interop.hf_config import config_from_hf, config_to_hf
 from tpu_train.interop.safetensors_io import CheckpointReader, PendingTensor, write_sharded
@@ -245,9 +245,11 @@ def _refuse_overlap(workdir: str | Path, out_dir: str | Path) -> None:
 def _write_tokenizer(out_dir: Path, tokenizer_dir: Path) -> dict:
     """Writes the tokenizer files transformers loads; returns their special token ids (and the file
     names under "files")."""
-    if (tokenizer_dir / "tokenizer.json").exists():
+    if (tokenizer_dir / tokenizer_files.TOKENIZER_JSON).exists():
         return _copy_hf_tokenizer(out_dir, tokenizer_dir)
-    return _write_sentencepiece_tokenizer(out_dir, tokenizer_dir / checkpoint.SENTENCEPIECE_FILE)
+    return _write_sentencepiece_tokenizer(
+        out_dir, tokenizer_dir / tokenizer_files.SENTENCEPIECE_MODEL
+    )
 
 
 def _copy_hf_tokenizer(out_dir: Path, tokenizer_dir: Path) -> dict:
@@ -255,12 +257,12 @@ def _copy_hf_tokenizer(out_dir: Path, tokenizer_dir: Path) -> dict:
     from the config's token strings."""
     from tokenizers import Tokenizer
 
-    files = [n for n in checkpoint.HF_TOKENIZER_FILES if (tokenizer_dir / n).exists()]
+    files = [n for n in tokenizer_files.HF_FILES if (tokenizer_dir / n).exists()]
     for name in files:
         shutil.copyfile(tokenizer_dir / name, out_dir / name)
-    config_path = tokenizer_dir / "tokenizer_config.json"
+    config_path = tokenizer_dir / tokenizer_files.TOKENIZER_CONFIG
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / tokenizer_files.TOKENIZER_JSON))
     ids = {}
     for field in ("bos", "eos", "pad"):
         token = config.get(f"{field}_token")
@@ -277,7 +279,7 @@ def _write_sentencepiece_tokenizer(out_dir: Path, model_file: Path) -> dict:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    shutil.copyfile(model_file, out_dir / "tokenizer.model")
+    shutil.copyfile(model_file, out_dir / tokenizer_files.SENTENCEPIECE_MODEL)
 
     def piece(i: int) -> str | None:
         return sp.id_to_piece(i) if 0 <= i < sp.get_piece_size() else None
@@ -298,6 +300,6 @@ def _write_sentencepiece_tokenizer(out_dir: Path, model_file: Path) -> dict:
         "legacy": False,
         **special,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    return {**ids, "files": ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]}
+    (out_dir / tokenizer_files.TOKENIZER_CONFIG).write_text(json.dumps(tokenizer_config, indent=2))
+    (out_dir / tokenizer_files.SPECIAL_TOKENS_MAP).write_text(json.dumps(special, indent=2))
+    return {**ids, "files": [tokenizer_files.SENTENCEPIECE_MODEL, *tokenizer_files.HF_FILES[1:]]}

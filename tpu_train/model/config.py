@@ -115,6 +115,29 @@ class LlamaConfig:
         head = 0 if self.tie_embeddings else e * self.vocab_size
         return self.num_layers * layer + self.vocab_size * e + e + head
 
+    def matmul_params(self) -> int:
+        """Weights that take part in matmuls: all but the embedding lookup table (a tied output head
+        still counts)."""
+        e, v = self.hidden_size, self.vocab_size
+        return self.num_params() - v * e + (e * v if self.tie_embeddings else 0)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3 x forward, a multiply-add = 2 FLOPs):
+
+            6 * matmul_params  +  6 * num_layers * seq_len * num_heads * head_dim
+
+        The second term is attention's q.k and p.v (12 * layers * seq_len * heads * head_dim for full
+        attention, halved because causal attention needs only the lower triangle). This is the FLOP count
+        of MFU (training/metrics.py) and of the planner.
+
+        >>> cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=1,
+        ...                   num_heads=2, num_kv_heads=2)
+        >>> cfg.matmul_params(), cfg.flops_per_token(seq_len=10)
+        (1464, 9264)
+        """
+        attention = 6 * self.num_layers * seq_len * self.num_heads * self.head_dim
+        return 6 * self.matmul_params() + attention
+
     def replace(self, **changes: Any) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 

@@ -19,15 +19,18 @@ Example:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from tpu_train.model import rope
-from tpu_train.model.attention import splash_attention, xla_attention
+from tpu_train.model.attention import cached_attention, splash_attention, xla_attention
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.dense import dense
+from tpu_train.model.kv_cache import KV_AXES, KVCache
 from tpu_train.sharding import Sharder, constrain
 
 _INIT_STDDEV = 0.02  # Hugging Face's `initializer_range` for Llama
@@ -59,6 +62,16 @@ class RMSNorm(nnx.Module):
         return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
+class LayerCache(NamedTuple):
+    """One layer's part of the KV cache, as a forward pass over new tokens sees it."""
+
+    keys: jax.Array  # [B, K, S, D]
+    values: jax.Array  # [B, K, S, D]
+    segment: jax.Array  # [B, S] of the slots before the new tokens are written
+    position: jax.Array  # [B, S]
+    index: jax.Array  # [] slot of the first new token
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs, sharder: Sharder | None):
         e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -76,7 +89,17 @@ class Attention(nnx.Module):
         cos: jax.Array,
         segment_ids: jax.Array,
         positions: jax.Array,
-    ) -> jax.Array:
+        cache: LayerCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Self-attention over `x`; with a `cache`, attention over the cached slots and the new tokens,
+        returning (output, (keys, values)):
+          - separate layers (each with its own cache buffer): the new keys/values are written into the
+            buffer in place and attention reads the buffer; returned: the updated buffers;
+          - stacked layers (under `lax.scan`): the cache is only read, the new tokens' own keys/values
+            join the softmax; returned: those new [B, K, L, D] keys/values, which the model writes for
+            every layer at once after the scan (a write inside the scan made XLA copy the whole cache
+            per layer).
+        """
         cfg, dt = self.cfg, self.cfg.compute_dtype
         q = dense(x, self.q_proj[...].astype(dt))  # [B, L, H, D]
         k = dense(x, self.k_proj[...].astype(dt))  # [B, L, K, D]
@@ -86,6 +109,9 @@ class Attention(nnx.Module):
         v = constrain(v, self.sharder, ("batch", "length", "act_kv_heads", "head_dim"))
         q = rope.apply_rope(q, sin, cos) * jnp.asarray(cfg.head_dim**-0.5, dt)
         k = rope.apply_rope(k, sin, cos)
+        if cache is not None:
+            out, new = self._cached(q, k, v, segment_ids, positions, cache)
+            return dense(out, self.o_proj[...].astype(dt), contract=2), new
         q, k, v = (
             checkpoint_name(q, "query"),
             checkpoint_name(k, "key"),
@@ -99,6 +125,32 @@ class Attention(nnx.Module):
             out = xla_attention(q, k, v, segment_ids, segment_ids, positions, positions)
         out = checkpoint_name(out, "attention")
         return dense(out, self.o_proj[...].astype(dt), contract=2)
+
+    def _cached(self, q, k, v, segments, positions, cache: LayerCache):
+        k = k.astype(cache.keys.dtype).transpose(0, 2, 1, 3)  # [B, K, L, D], the cache's layout
+        v = v.astype(cache.values.dtype).transpose(0, 2, 1, 3)
+        if self.cfg.scan_layers:
+            out = cached_attention(
+                q,
+                cache.keys,
+                cache.values,
+                segments,
+                positions,
+                cache.segment,
+                cache.position,
+                k,
+                v,
+            )
+            return out, (k, v)
+        at = (0, 0, cache.index, 0)
+        keys = jax.lax.dynamic_update_slice(cache.keys, k, at)
+        values = jax.lax.dynamic_update_slice(cache.values, v, at)
+        slot_segment = jax.lax.dynamic_update_slice(cache.segment, segments, (0, cache.index))
+        slot_position = jax.lax.dynamic_update_slice(cache.position, positions, (0, cache.index))
+        out = cached_attention(q, keys, values, segments, positions, slot_segment, slot_position)
+        keys = constrain(keys, self.sharder, KV_AXES[1:])
+        values = constrain(values, self.sharder, KV_AXES[1:])
+        return out, (keys, values)
 
 
 class MLP(nnx.Module):
@@ -135,10 +187,16 @@ class DecoderLayer(nnx.Module):
         cos: jax.Array,
         segment_ids: jax.Array,
         positions: jax.Array,
-    ) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), sin, cos, segment_ids, positions)
+        cache: LayerCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """The layer's output; with a `cache`, (output, what `Attention` returns for the cache)."""
+        attended = self.attn(self.attn_norm(x), sin, cos, segment_ids, positions, cache)
+        if cache is not None:
+            attended, new = attended
+        x = x + attended
         x = x + self.mlp(self.mlp_norm(x))
-        return constrain(x, self.sharder, ("batch", "length", "act_embed"))
+        x = constrain(x, self.sharder, ("batch", "length", "act_embed"))
+        return x if cache is None else (x, new)
 
 
 def remat_policy(name: str):
@@ -190,15 +248,24 @@ class Llama(nnx.Module):
         tokens: jax.Array,  # [B, L] int
         positions: jax.Array | None = None,  # [B, L] int; default 0..L-1
         segment_ids: jax.Array | None = None,  # [B, L] int; default all 1 (one sequence per row)
-    ) -> jax.Array:  # [B, L, vocab] float32 logits
-        return self.logits(self.hidden_states(tokens, positions, segment_ids))
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:  # [B, L, vocab] float32 logits (, the new cache)
+        if cache is None:
+            return self.logits(self.hidden_states(tokens, positions, segment_ids))
+        hidden, cache = self.hidden_states(tokens, positions, segment_ids, cache)
+        return self.logits(hidden), cache
 
     def hidden_states(
         self,
         tokens: jax.Array,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
-    ) -> jax.Array:  # [B, L, hidden] in compute dtype, after the final norm
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:  # [B, L, hidden] after the final norm (, new cache)
+        """The final hidden states. With a `cache` (decoding), `tokens` are the next tokens after what
+        the cache holds: their keys/values go into slots index..index+L-1, they attend to every slot
+        written so far, and the advanced cache is returned too. Stacked layers need the stacked cache
+        ([layers, B, K, S, D]), separate layers one buffer per layer (`init_cache(per_layer=True)`)."""
         cfg = self.cfg
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -208,6 +275,9 @@ class Llama(nnx.Module):
         x = constrain(x, self.sharder, ("batch", "length", "act_embed"))
         inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         sin, cos = rope.sin_cos(positions, inv_freq)
+        if cache is not None:
+            x, cache = self._through_cache(x, sin, cos, segment_ids, positions, cache)
+            return self.final_norm(x), cache
         policy = remat_policy(cfg.remat_policy)
 
         def apply_layer(x, layer_graph, layer_params):
@@ -222,6 +292,47 @@ class Llama(nnx.Module):
             for layer in self.layers:
                 x = apply_layer(x, *nnx.split(layer))
         return self.final_norm(x)
+
+    def _through_cache(self, x, sin, cos, segments, positions, cache: KVCache):
+        segments, positions = segments.astype(jnp.int32), positions.astype(jnp.int32)
+        index = cache.index
+
+        def layer_cache(keys, values):
+            return LayerCache(keys, values, cache.segment, cache.position, index)
+
+        if self.cfg.scan_layers:
+            graph, stacked = nnx.split(self.layers)
+
+            def layer_step(x, xs):
+                params, keys, values = xs
+                layer = nnx.merge(graph, params)
+                return layer(x, sin, cos, segments, positions, layer_cache(keys, values))
+
+            x, (new_k, new_v) = jax.lax.scan(layer_step, x, (stacked, cache.k, cache.v))
+            at = (0, 0, 0, index, 0)  # every layer's new keys/values, written once
+            keys = constrain(
+                jax.lax.dynamic_update_slice(cache.k, new_k, at), self.sharder, KV_AXES
+            )
+            values = constrain(
+                jax.lax.dynamic_update_slice(cache.v, new_v, at), self.sharder, KV_AXES
+            )
+        else:
+            if not isinstance(cache.k, tuple):
+                raise ValueError(
+                    "separate layers need a per-layer cache: init_cache(..., per_layer=True)"
+                )
+            keys, values = [], []
+            for layer, layer_k, layer_v in zip(self.layers, cache.k, cache.v, strict=True):
+                x, (layer_k, layer_v) = layer(
+                    x, sin, cos, segments, positions, layer_cache(layer_k, layer_v)
+                )
+                keys.append(layer_k)
+                values.append(layer_v)
+            keys, values = tuple(keys), tuple(values)
+        slot_segment = jax.lax.dynamic_update_slice(cache.segment, segments, (0, index))
+        slot_position = jax.lax.dynamic_update_slice(cache.position, positions, (0, index))
+        length = x.shape[1]
+        return x, KVCache(keys, values, slot_segment, slot_position, index + length)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         dt = self.cfg.compute_dtype

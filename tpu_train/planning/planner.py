@@ -12,7 +12,7 @@ Per chip, for the config's model, mesh and batch:
   layers; plus the layer recomputed during the backward pass under a remat policy, the float32 logits and
   their gradient, and the final norm.
 
-FLOPs per step use `tpu_train.training.metrics.flops_per_token` (6N + causal attention, the MFU formula of the
+FLOPs per step use `LlamaConfig.flops_per_token` (6N + causal attention, the MFU formula of the
 trainer); the recomputation a remat policy adds is reported separately (hardware FLOPs), so the best MFU a
 policy allows is model FLOPs / hardware FLOPs. Step time = model FLOPs / (chips x peak x MFU) for a stated MFU.
 
@@ -36,7 +36,6 @@ from jax.sharding import AbstractMesh
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.llama import DecoderLayer, Llama, logical_axes, remat_policy
 from tpu_train.sharding import DEFAULT_RULES, MESH_AXES, Rules, Sharder, resolve_mesh_shape
-from tpu_train.training.metrics import flops_per_token, matmul_params
 
 GIB = 2**30
 
@@ -295,7 +294,7 @@ def make_plan(
     n_params = cfg.num_params()
     acts = activation_bytes(cfg, local_batch, seq_len // mesh["sequence"], mesh["tensor"])
     tokens = global_batch * seq_len
-    model_flops = flops_per_token(cfg, seq_len) * tokens
+    model_flops = cfg.flops_per_token(seq_len) * tokens
     hardware_flops = model_flops + recompute_flops_per_token(cfg, seq_len) * tokens
     return Plan(
         model=cfg,
@@ -329,7 +328,7 @@ def format_plan(p: Plan) -> str:
         f"topology   {p.topology.name}: {p.topology.chips} {gen.name} chips, "
         f"{gen.hbm_bytes / GIB:.0f} GiB HBM and {gen.peak_flops / 1e12:.0f} TFLOP/s (dense bf16) per chip",
         f"mesh       {mesh}",
-        f"model      {p.params_total / 1e9:.3f}B parameters ({matmul_params(cfg) / 1e9:.3f}B in matmuls), "
+        f"model      {p.params_total / 1e9:.3f}B parameters ({cfg.matmul_params() / 1e9:.3f}B in matmuls), "
         f"{cfg.num_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_heads}/{cfg.num_kv_heads} "
         f"(q/kv), vocab {cfg.vocab_size}; param {cfg.param_dtype}, compute {cfg.compute_dtype}, "
         f"remat {cfg.remat_policy}, attention {cfg.attention}",

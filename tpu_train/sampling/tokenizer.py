@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from etils import epath
 
+from tpu_train import tokenizer_files
+
 if TYPE_CHECKING:
     import tokenizers
 
@@ -78,11 +80,6 @@ class SentencePieceTokenizer:
         return self.sp.decode([int(i) for i in ids])
 
 
-TOKENIZER_JSON = "tokenizer.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-SENTENCEPIECE_MODEL = "tokenizer.model"
-
 # Any text works as a probe: post-processors put ids around a text's ids and never change them.
 _PROBE = "Hello world 123"
 
@@ -111,7 +108,7 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
 def _find_tokenizer_json(path: str | Path | epath.Path) -> epath.Path | None:
     p = epath.Path(path)
     if p.is_dir():
-        candidate = p / TOKENIZER_JSON
+        candidate = p / tokenizer_files.TOKENIZER_JSON
         return candidate if candidate.exists() else None
     return p if p.name.endswith(".json") and p.exists() else None
 
@@ -147,11 +144,13 @@ class HfTokenizer:
     def __init__(self, path: str | Path | epath.Path):
         json_path = _find_tokenizer_json(path)
         if json_path is None:
-            raise FileNotFoundError(f"{path}: no {TOKENIZER_JSON} (a directory or a .json file)")
+            raise FileNotFoundError(
+                f"{path}: no {tokenizer_files.TOKENIZER_JSON} (a directory or a .json file)"
+            )
         self.path = json_path
         self.tokenizer_json = json_path.read_text()
-        self.config = _read_json(json_path.parent / TOKENIZER_CONFIG)
-        self.special_tokens_map = _read_json(json_path.parent / SPECIAL_TOKENS_MAP)
+        self.config = _read_json(json_path.parent / tokenizer_files.TOKENIZER_CONFIG)
+        self.special_tokens_map = _read_json(json_path.parent / tokenizer_files.SPECIAL_TOKENS_MAP)
         self._backend: tokenizers.Tokenizer | None = None
         self._info: dict[str, Any] | None = None
         # Resolve every id now: a misconfigured directory fails here, not inside a tf.data map.
@@ -310,8 +309,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer | None:
         True
     """
     directory = Path(directory)
-    if (directory / TOKENIZER_JSON).exists():
+    if (directory / tokenizer_files.TOKENIZER_JSON).exists():
         return HfTokenizer(directory)
-    if (directory / SENTENCEPIECE_MODEL).exists():
-        return SentencePieceTokenizer(directory / SENTENCEPIECE_MODEL)
+    if (directory / tokenizer_files.SENTENCEPIECE_MODEL).exists():
+        return SentencePieceTokenizer(directory / tokenizer_files.SENTENCEPIECE_MODEL)
     return None

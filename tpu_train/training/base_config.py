@@ -83,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
         ml_collections.ConfigDict()
     )  # periodic PoT evaluation on a benchmark slice (eval_hook.py)
     c.eval.every_steps = 0  # 0: off
+    # Loss on the data's validation split (the held-out ids the TFDS builders set aside), every N steps.
+    c.eval.validation_every_steps = 0  # 0: off
+    c.eval.validation_batches = 4  # batches of train.batch_size rows, the same ones each time
     c.eval.benchmarks = ("gsm8k",)  # names in tpu_train.evaluation.benchmarks.DATASETS
     c.eval.items_per_benchmark = 20
     c.eval.max_new_tokens = 256

@@ -9,11 +9,11 @@ Only process 0 writes metrics and prints; every process takes part in checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +27,14 @@ from tpu_train.data.sources import SHIPPED_TOKENIZER
 from tpu_train.interop.hf import ImportSource, load_params, open_source, write_tokenizer
 from tpu_train.model.config import LlamaConfig, get_preset
 from tpu_train.model.params import canonical_abstract, canonical_params, init_model
-from tpu_train.sharding import DEFAULT_RULES, Sharder, describe, make_mesh
-from tpu_train.training import input_pipeline, metrics
+from tpu_train.sharding import (
+    DEFAULT_RULES,
+    Sharder,
+    describe,
+    make_mesh,
+    optimizer_state_shardings,
+)
+from tpu_train.training import hooks, input_pipeline, metrics
 from tpu_train.training.config_checks import ConfigError, check_config
 from tpu_train.training.optimizer import learning_rate_schedule, make_optimizer
 from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
@@ -64,12 +70,39 @@ def model_config(
     """The architecture comes from the workdir (a resumed or imported run) or the checkpoint to import,
     else from the preset; the config's runtime fields apply on top."""
     runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
-    if (workdir / checkpoint.MODEL_CONFIG_FILE).exists():
+    # Only a workdir with checkpoints decides: a model_config.json left by a run that failed before
+    # its first checkpoint must not pin that run's architecture on the next one.
+    trained = checkpoint.latest_step(workdir) is not None
+    if trained and (workdir / checkpoint.MODEL_CONFIG_FILE).exists():
+        if source is None:  # with an import the preset plays no part
+            _refuse_preset_change(config, workdir)
         return checkpoint.read_model_config(workdir).replace(**runtime)
     if source is not None:
         return source.config(**runtime)
     extra = {k: v for k, v in config.model.get("overrides", {}).items()}
     return get_preset(config.model.preset, **runtime, **extra)
+
+
+def _refuse_preset_change(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+    """A workdir trained from a preset resumes that architecture; asking for another one is an error
+    (silently resuming the old model while config.json records the new preset misleads)."""
+    previous = workdir / "config.json"
+    if not previous.exists():
+        return  # an imported workdir not trained yet: its architecture is the import's
+    old = json.loads(previous.read_text()).get("model", {})
+    was = {"preset": old.get("preset"), "overrides": old.get("overrides") or {}}
+    asked = json.loads(
+        json.dumps(
+            {"preset": config.model.preset, "overrides": dict(config.model.get("overrides", {}))}
+        )
+    )
+    if asked != was:
+        raise ConfigError(
+            f"{workdir} holds checkpoints of model.preset={was['preset']!r} "
+            f"(overrides {was['overrides']}, see {previous}); this run asks for "
+            f"model.preset={asked['preset']!r} (overrides {asked['overrides']}). A workdir resumes its "
+            "own architecture: drop the change, or train in a new --workdir"
+        )
 
 
 def prepare_tokenizer(
@@ -98,10 +131,20 @@ def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) training to `config.train.num_steps`; returns the last logged metrics."""
+    """Runs (or resumes) training to `config.train.num_steps`; returns the last logged metrics.
+
+    The workdir is locked for the run (`checkpoint.WorkdirLock`, taken by process 0): a second run in
+    the same workdir fails with WorkdirBusyError instead of overwriting this one's checkpoints."""
     workdir = checkpoint.workdir_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
+    with checkpoint.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        return _train(config, workdir, is_main)
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: epath.Path, is_main: bool
+) -> dict[str, float]:
     say = print if is_main else (lambda *a, **k: None)
 
     source = import_source(config.init)
@@ -200,27 +243,67 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     writer = metric_writers.create_default_writer(
         str(workdir / "tensorboard"), just_logging=not is_main
     )
-    jsonl = metrics.JsonlWriter(workdir / "metrics.jsonl") if is_main else None
     tokens_per_step = config.train.batch_size * config.data.seq_len
-    flops_per_step = metrics.flops_per_token(model_cfg, config.data.seq_len) * tokens_per_step
+    flops_per_step = model_cfg.flops_per_token(config.data.seq_len) * tokens_per_step
     peak, peak_source = metrics.peak_flops_per_device(config.train.peak_flops_per_device)
     say(
         f"training steps {start}..{num_steps}: batch {config.train.batch_size} x {config.data.seq_len} tokens, "
         f"{flops_per_step / 1e12:.3g} TFLOP/step, peak {peak / 1e12:.3g} TFLOP/s/device ({peak_source})"
     )
-    config_json = json.loads(config.to_json_best_effort())
-    eval_hook = None
+    logger = hooks.MetricsLogger(
+        writer,
+        metrics.JsonlWriter(workdir / "metrics.jsonl") if is_main else None,
+        say,
+        schedule=schedule,
+        tokens_per_step=tokens_per_step,
+        flops_per_step=flops_per_step,
+        peak_flops=peak,
+        start_step=start,
+    )
+    loop_hooks = [hooks.Hook(logger, every=config.train.log_every)]
+    if config.eval.get("validation_every_steps", 0) > 0:
+        validation_cfg = hooks.validation_data(data_cfg)
+        loop_hooks.append(
+            hooks.Hook(
+                hooks.ValidationLoss(
+                    lambda: input_pipeline.global_batches(
+                        validation_cfg,
+                        config.train.batch_size,
+                        seed=config.seed,
+                        prompt_format=prompt_format,
+                    ),
+                    config.eval.validation_batches,
+                    model_cfg,
+                    sharder,
+                    batch_sharding,
+                    writer,
+                    metrics.JsonlWriter(workdir / "validation.jsonl") if is_main else None,
+                    say,
+                ),
+                every=config.eval.validation_every_steps,
+            )
+        )
     if config.eval.every_steps > 0:
         from tpu_train.training.eval_hook import (
-            EvalHook,
-        )  # the sandbox and sampler load only when asked
+            EvalHook,  # the sandbox and sampler load only when asked
+        )
 
-        eval_hook = EvalHook(config.eval, workdir, prompt_format)
+        evaluate = EvalHook(config.eval, workdir, prompt_format)
+
+        def evaluate_and_log(info: hooks.StepInfo) -> dict[str, float]:
+            scores = evaluate(info.step, info.state.params, model_cfg, sharder)
+            if scores:
+                writer.write_scalars(info.step, scores)
+                say(
+                    f"eval at step {info.step}: "
+                    + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items())
+                )
+            return scores
+
+        loop_hooks.append(hooks.Hook(evaluate_and_log, every=config.eval.every_steps, at_end=False))
+    config_json = json.loads(config.to_json_best_effort())
     preemption = _Preemption()
     previous_handler = signal.signal(signal.SIGTERM, preemption)
-    last: dict[str, float] = {}
-    window_start, window_steps = time.perf_counter(), 0
-    run_start = time.perf_counter()
     try:
         for step in range(start, num_steps):
             if step == config.train.fault_injection_kill_at_step:
@@ -233,7 +316,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 for k in BATCH_KEYS
             }
             state, step_metrics = step_fn(state, batch)
-            window_steps += 1
             done = step + 1
             if not bool(step_metrics["finite"]):
                 message = f"non-finite loss or gradient at step {done} (the update was not applied)"
@@ -243,38 +325,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         message + "; set train.nan_policy='skip' to continue past it"
                     )
                 say(f"warning: {message}; skipping (train.nan_policy='skip')")
-            if done % config.train.log_every == 0 or done == num_steps:
-                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_steps * tokens_per_step / elapsed
-                values.update(
-                    learning_rate=float(schedule(step)),
-                    tokens_per_s=tokens_per_s,
-                    tokens_per_s_per_device=tokens_per_s / jax.device_count(),
-                    mfu=tokens_per_s
-                    * flops_per_step
-                    / tokens_per_step
-                    / (peak * jax.device_count()),
-                    data_fingerprint=float(fingerprint),
-                )
-                writer.write_scalars(done, values)
-                if jsonl is not None:
-                    jsonl.write(done, {**values, "data_fingerprint": fingerprint})
-                say(
-                    metrics.progress_line(
-                        done, num_steps, values, time.perf_counter() - run_start, done - start
-                    )
-                )
-                last = values
-                window_start, window_steps = time.perf_counter(), 0
-            if eval_hook is not None and eval_hook.due(done):
-                scores = eval_hook(done, state.params, model_cfg, sharder)
-                if scores:
-                    writer.write_scalars(done, scores)
-                    say(
-                        f"eval at step {done}: "
-                        + ", ".join(f"{k} {v:.1f}%" for k, v in scores.items())
-                    )
+            info = hooks.StepInfo(done, num_steps, state, step_metrics, fingerprint)
+            for hook in loop_hooks:
+                if hook.due(done, num_steps):
+                    hook(info)
             if ckpt.should_save(done) or done == num_steps or preemption.requested:
                 ckpt.save(
                     done,
@@ -292,22 +346,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         ckpt.close()
         writer.flush()
         signal.signal(signal.SIGTERM, previous_handler)
-    return last
-
-
-def optimizer_state_shardings(opt_abstract, param_shardings, replicated):
-    """Every subtree of the optimizer state shaped like the parameters (Adam's moments) is sharded like
-    the parameters; everything else (step counters) is replicated."""
-    param_def = jax.tree.structure(param_shardings)
-
-    def like_params(node) -> bool:
-        return jax.tree.structure(node) == param_def
-
-    return jax.tree.map(
-        lambda node: param_shardings if like_params(node) else replicated,
-        opt_abstract,
-        is_leaf=like_params,
-    )
+    return logger.last
 
 
 __all__ = ["ConfigError", "NonFiniteLossError", "train"]

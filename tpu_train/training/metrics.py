@@ -1,13 +1,7 @@
 """Throughput, MFU, metric writers and the console progress line.
 
-FLOPs per trained token (forward + backward = 3 x forward, multiply-add = 2 FLOPs):
-
-    flops_per_token = 6 * N  +  6 * n_layers * seq_len * n_heads * head_dim
-
-N counts every matmul weight: attention and MLP projections and the output head (the embedding lookup is
-not a matmul and is excluded; with tied embeddings the head still counts). The second term is attention's
-q.k and p.v: 12 * n_layers * seq_len * n_heads * head_dim for full attention, halved here because causal
-attention needs only the lower triangle. MFU = achieved FLOP/s / (devices x peak FLOP/s per device).
+MFU = achieved FLOP/s / (devices x peak FLOP/s per device), with the model FLOPs of
+`LlamaConfig.flops_per_token` (6N + causal attention).
 """
 
 from __future__ import annotations
@@ -19,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
-
-from tpu_train.model.config import LlamaConfig
 
 # Dense bf16 peak FLOP/s per chip (vendor figures), keyed by a fragment of `jax.Device.device_kind`.
 PEAK_FLOPS = {
@@ -35,21 +27,6 @@ PEAK_FLOPS = {
     "H200": 989e12,
     "A100": 312e12,
 }
-
-
-def matmul_params(cfg: LlamaConfig) -> int:
-    """Weights that take part in matmuls (all but the embedding lookup table)."""
-    untied_head = cfg.hidden_size * cfg.vocab_size
-    return (
-        cfg.num_params()
-        - cfg.vocab_size * cfg.hidden_size
-        + (untied_head if cfg.tie_embeddings else 0)
-    )
-
-
-def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
-    attention = 6 * cfg.num_layers * seq_len * cfg.num_heads * cfg.head_dim
-    return 6 * matmul_params(cfg) + attention
 
 
 def peak_flops_per_device(configured: float | None = None) -> tuple[float, str]:

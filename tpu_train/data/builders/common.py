@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from absl import logging
 
-from tpu_train.data.records import RecordError, open_text
+from tpu_train.data.records import RecordError
+from tpu_train.jsonl import JsonlError, open_text
 
 T = TypeVar("T")
 _VARIANT_SUFFIX = re.compile(r"/v\d+$")
@@ -87,7 +88,7 @@ def parse_all(
     for where, raw in items:
         try:
             yield parse(where, raw)
-        except RecordError as err:
+        except JsonlError as err:
             if skipped is None:
                 raise
             skipped.append(str(err))

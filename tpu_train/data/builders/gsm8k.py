@@ -9,26 +9,21 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
+from tpu_train import jsonl
 from tpu_train.data.builders.common import parse_all
-from tpu_train.data.records import RecordError, iter_jsonl
+from tpu_train.data.records import RecordError
 
 FILES = {"train": "gsm8k/gsm8k_train.jsonl", "test": "gsm8k/gsm8k_test.jsonl"}
 
 
 def parse_item(where: str, line: str) -> dict[str, Any]:
     """One GSM8K line; RecordError names file, line and field."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise RecordError(f"{where}: invalid JSON: {err}") from err
-    if not isinstance(row, dict):
-        raise RecordError(f"{where}: expected an object")
+    row = jsonl.parse_object(line, where, RecordError)
     for name in ("question", "answer"):
         if not isinstance(row.get(name), str):
             raise RecordError(f"{where}: field {name!r} missing or not a string")
@@ -73,6 +68,6 @@ class Gsm8k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return out
 
     def _generate_examples(self, path: Path, split: str):
-        for number, item in enumerate(parse_all(iter_jsonl(path), parse_item, None, "gsm8k")):
+        for number, item in enumerate(parse_all(jsonl.lines(path), parse_item, None, "gsm8k")):
             item_id = f"gsm8k/{split}/{number}"
             yield item_id, {"id": item_id, **item}

@@ -25,8 +25,9 @@ from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
+from tpu_train import jsonl
 from tpu_train.data.builders.common import SingleFileSource, parse_all, split_of, splits_present
-from tpu_train.data.records import FieldMap, ProgramRecord, iter_jsonl
+from tpu_train.data.records import FieldMap, ProgramRecord
 from tpu_train.data.substitute import render_program
 
 
@@ -66,10 +67,9 @@ _CONFIGS = [
 def _id_of(line: str, id_field: str) -> object:
     """The id of a line, or None when the line cannot be read (the build reports it later)."""
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
+        return jsonl.parse_object(line, "").get(id_field)
+    except jsonl.JsonlError:
         return None
-    return row.get(id_field) if isinstance(row, dict) else None
 
 
 class Infinitymath(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -110,7 +110,7 @@ class Infinitymath(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_regis
         if not path.exists():
             raise FileNotFoundError(f"{path} not found. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         id_field = FieldMap.parse(self.builder_config.field_map).mapping.get("id", "id")
-        ids = (str(_id_of(line, id_field)) for _, line in iter_jsonl(path))
+        ids = (str(_id_of(line, id_field)) for _, line in jsonl.lines(path))
         splits = splits_present(ids, self.builder_config.validation_percent)
         return {split: self._generate_examples(path, split) for split in splits}
 
@@ -122,7 +122,7 @@ class Infinitymath(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_regis
             (self.skipped_lines if split == "train" else []) if config.skip_bad_lines else None
         )
         records = parse_all(
-            iter_jsonl(path),
+            jsonl.lines(path),
             lambda where, line: ProgramRecord.from_json(line, where, fields),
             skipped,
             f"infinitymath/{config.name} {split}",

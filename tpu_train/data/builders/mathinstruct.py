@@ -12,13 +12,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
+from tpu_train import jsonl
 from tpu_train.data.builders.common import (
     SingleFileSource,
     iter_json_array,
@@ -26,7 +26,7 @@ from tpu_train.data.builders.common import (
     split_of,
     splits_present,
 )
-from tpu_train.data.records import RecordError, iter_jsonl
+from tpu_train.data.records import RecordError
 
 _CODE_RE = re.compile(r"^\s*(?:def |import |from \w+ import |print\()", re.M)
 
@@ -42,10 +42,7 @@ def kind_of(source: str, output: str) -> str:
 def parse_row(where: str, row: Any) -> dict[str, str]:
     """Validate one MathInstruct row; RecordError names file, line and field."""
     if isinstance(row, str):
-        try:
-            row = json.loads(row)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{where}: invalid JSON: {err}") from err
+        row = jsonl.parse_object(row, where, RecordError)
     if not isinstance(row, dict):
         raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
     out = {}
@@ -99,7 +96,7 @@ class Mathinstruct(SingleFileSource, tfds.core.GeneratorBasedBuilder, skip_regis
     @staticmethod
     def _reader(path: Path):
         if path.name.endswith((".jsonl", ".jsonl.gz")):
-            return iter_jsonl(path)
+            return jsonl.lines(path)
         return iter_json_array(path)
 
     def _generate_examples(self, path: Path, split: str):

@@ -17,7 +17,13 @@ import optax
 
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.params import canonical_params, init_model
-from tpu_train.sharding import Sharder, bytes_per_device, make_mesh, total_bytes
+from tpu_train.sharding import (
+    Sharder,
+    bytes_per_device,
+    make_mesh,
+    optimizer_state_shardings,
+    total_bytes,
+)
 from tpu_train.training.step import TrainState, make_train_step
 
 # Every dimension divisible by 8 so that fsdp=8 shards each matrix.
@@ -34,8 +40,6 @@ SMALL = LlamaConfig(
 
 
 def _state_shardings(opt_state, params):
-    from tpu_train.training.loop import optimizer_state_shardings
-
     replicated = jax.sharding.NamedSharding(
         jax.tree.leaves(params)[0].sharding.mesh, jax.sharding.PartitionSpec()
     )
@@ -62,11 +66,9 @@ def fsdp_state_bytes(cfg: LlamaConfig = SMALL, mesh_shape: dict | None = None) -
     }
 
 
-def scan_compile_seconds(
-    num_layers: int, cfg: LlamaConfig = SMALL, batch: int = 2, seq: int = 64
-) -> float:
-    """Seconds to lower and compile the (unsharded) train step of a `num_layers`-deep scanned model."""
-    cfg = cfg.replace(num_layers=num_layers, scan_layers=True)
+def _lowered_train_step(num_layers: int, cfg: LlamaConfig, batch: int, seq: int, scan: bool):
+    """The (unsharded) train step of a `num_layers`-deep model, lowered for abstract inputs."""
+    cfg = cfg.replace(num_layers=num_layers, scan_layers=scan)
     tx = optax.adamw(1e-3)
     sds = jax.ShapeDtypeStruct
     params = jax.eval_shape(lambda: canonical_params(init_model(cfg, seed=0)))
@@ -83,10 +85,26 @@ def scan_compile_seconds(
             "decoder_positions",
         )
     }
+    return jax.jit(make_train_step(cfg, None, tx)).lower(state, batch_spec)
+
+
+def scan_compile_seconds(
+    num_layers: int, cfg: LlamaConfig = SMALL, batch: int = 2, seq: int = 64
+) -> float:
+    """Seconds to lower and compile the (unsharded) train step of a `num_layers`-deep scanned model."""
     jax.clear_caches()
     start = time.perf_counter()
-    jax.jit(make_train_step(cfg, None, tx)).lower(state, batch_spec).compile()
+    _lowered_train_step(num_layers, cfg, batch, seq, scan=True).compile()
     return time.perf_counter() - start
+
+
+def train_step_program_size(
+    num_layers: int, scan: bool, cfg: LlamaConfig = SMALL, batch: int = 2, seq: int = 64
+) -> int:
+    """Operations in the lowered train step (StableHLO): what compile time grows with. With scanned
+    layers it does not depend on depth; with separate layers it grows linearly."""
+    text = _lowered_train_step(num_layers, cfg, batch, seq, scan).as_text()
+    return sum(1 for line in text.splitlines() if " = " in line)
 
 
 def compile_ratio(deep: int = 32, shallow: int = 2, repeats: int = 2) -> tuple[float, float]:
