@@ -53,6 +53,42 @@ def test_execute_cli_reports_bad_lines(tmp_path) -> None:
     assert "programs.jsonl:2: missing field 'program'" in done.stderr
 
 
+def test_execute_cli_refuses_an_unwritable_output_before_running(tmp_path) -> None:
+    src = tmp_path / "programs.jsonl"
+    _write_jsonl(src, [{"id": "a", "program": "ans = 1"}])
+    done = _run("tpu_train.execute", f"--input={src}", f"--output={tmp_path / 'no' / 'o.jsonl'}")
+    assert done.returncode != 0
+    assert "no/o.jsonl: No such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_execute_cli_keeps_finished_results_on_ctrl_c(tmp_path) -> None:
+    """Results stream to --output chunk by chunk; SIGINT stops the run and keeps what is done."""
+    import signal
+    import time
+
+    src, out = tmp_path / "programs.jsonl", tmp_path / "results.jsonl"
+    rows = [{"id": str(i), "program": "import time\ntime.sleep(0.05)\nans = 1"} for i in range(640)]
+    _write_jsonl(src, rows)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tpu_train.execute", f"--input={src}", f"--output={out}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or not out.read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 0 < len(kept) < len(rows)
+    assert [r["id"] for r in kept] == [str(i) for i in range(len(kept))]
+    assert f"interrupted: {len(kept)} of {len(rows)} results are in {out}" in stderr
+
+
 def test_evaluate_cli(tmp_path) -> None:
     preds, out = tmp_path / "preds.jsonl", tmp_path / "report"
     _write_jsonl(
@@ -115,3 +151,20 @@ def test_evaluate_cli_maps_a_pot_value_to_its_option(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     [item] = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
     assert item["verdict"] == "ok" and (item["strict"], item["compat"]) == (True, True)
+
+
+@pytest.mark.parametrize(
+    "command, flag, message",
+    [
+        ("tpu_train.evaluate", "--limit=0", "--limit=0: 0 is not a positive integer"),
+        ("tpu_train.evaluate", "--max_new_tokens=0", "--max_new_tokens=0: 0 is not a positive"),
+        ("tpu_train.sample", "--top_p=0", "--top_p must be in (0, 1]"),
+        ("tpu_train.sample", "--temperature=-1", "--temperature=-1: -1.0 is not a non-negative"),
+    ],
+)
+def test_argument_ranges_fail_before_any_model_loads(tmp_path, command, flag, message) -> None:
+    """The workdir does not even exist: the flag is refused first, in one line."""
+    out = "--out" if command == "tpu_train.evaluate" else "--output"
+    done = _run(command, f"--workdir={tmp_path / 'nowhere'}", f"{out}={tmp_path / 'o'}", flag)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr

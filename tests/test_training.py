@@ -214,6 +214,16 @@ def test_config_errors_say_what_to_change(change, message):
         check_config(config, get_preset("tiny", vocab_size=4096), num_devices=8, process_count=1)
 
 
+def test_an_unknown_mixture_is_named_before_the_model_is_built(tmp_path):
+    config = tiny_config(num_steps=1)
+    config.data.mixture = "gsm8k_pot_mixx"
+    with pytest.raises(
+        ConfigError, match=r"data.mixture='gsm8k_pot_mixx' is not a registered .*gsm8k_pot_mix"
+    ):
+        train(config, tmp_path)
+    assert checkpoint.latest_step(tmp_path) is None  # nothing initialised or saved
+
+
 def test_data_that_never_fits_the_feature_lengths_is_an_error(tmp_path):
     config = tiny_config(num_steps=2)
     config.data.mixture = "gsm8k_pot_mix"  # every prompt is longer than tiny_test's 64 input tokens

@@ -39,9 +39,18 @@ def open_text(path: str | Path, mode: str = "r") -> IO[str]:
 
 
 def lines(path: str | Path) -> Iterator[tuple[str, str]]:
-    """("file:line", text) for each non-blank line of a JSONL file (".gz" accepted)."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
+    """("file:line", text) for each non-blank line of a JSONL file (".gz" accepted). A line that is not
+    UTF-8 raises JsonlError naming it (decoded line by line, so the message can say which)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise JsonlError(
+                    f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the "
+                    "line); save the file as UTF-8"
+                ) from None
             if line.strip():
                 yield f"{path}:{number}", line
 

@@ -209,7 +209,7 @@ def read_program_records(
     for where, line in jsonl.lines(path):
         try:
             records.append(ProgramRecord.from_json(line, where, fields))
-        except RecordError as err:
+        except jsonl.JsonlError as err:
             if not skip_bad:
                 raise
             skipped.append(str(err))

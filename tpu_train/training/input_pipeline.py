@@ -39,6 +39,24 @@ def register(data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = 
         importlib.import_module(module)
 
 
+def check_mixture(data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = ALPACA) -> None:
+    """Raises ConfigError naming `data.mixture` when no task or mixture of that name is registered
+    (checked before the model is built, not when the first batch is read)."""
+    import seqio
+
+    from tpu_train.training.config_checks import ConfigError
+
+    register(data_cfg, prompt_format)
+    known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    if data_cfg.mixture not in known:
+        ours = sorted(n for n in known if not n.startswith("_"))
+        raise ConfigError(
+            f"data.mixture={data_cfg.mixture!r} is not a registered SeqIO task or mixture; known: "
+            f"{', '.join(ours[:30])}{' ...' if len(ours) > 30 else ''} (data.registry_modules "
+            "imports modules that register more)"
+        )
+
+
 def count_overlong(
     data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = ALPACA
 ) -> tuple[int, int]:

@@ -168,6 +168,7 @@ def _train(
     data_cfg = prepare_tokenizer(config, workdir, source)
     prompt_format = prompts.make_format(data_cfg.prompt_format, data_cfg.tokenizer)
     prompts.write_format(workdir, prompt_format)
+    input_pipeline.check_mixture(data_cfg, prompt_format)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     abstract_params = canonical_abstract(model_cfg, sharder)

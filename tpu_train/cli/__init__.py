@@ -1,0 +1,10 @@
+"""The command-line programs, one module each; `python -m tpu_train.NAME` runs `tpu_train/cli/NAME.py`.
+
+train       fine-tune or train (ml_collections config, workdir; resumes)
+import_hf   a transformers directory or a GGUF file -> a workdir at step 0
+export_hf   a workdir checkpoint -> a Hugging Face directory
+sample      generate from a workdir or a Hugging Face directory
+evaluate    sample, execute and grade on the benchmarks, or grade given predictions
+execute     run programs in the sandbox
+plan        memory and step-time plan of a config on a TPU slice
+"""

@@ -1,0 +1,47 @@
+"""Export a tpu_train workdir checkpoint as a Hugging Face Llama directory.
+
+    python -m tpu_train.export_hf --workdir=W [--step=N] --out=DIR [--dtype=bfloat16] [--overwrite]
+
+Load the result with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`.
+"""
+
+import sys
+
+from absl import app, flags
+
+from tpu_train.interop.hf import DEFAULT_MAX_SHARD_BYTES, EXPORT_DTYPES, export_hf
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "tpu_train workdir holding checkpoints")
+_OUT = flags.DEFINE_string("out", None, "output directory (written atomically)")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: latest)")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, sorted(EXPORT_DTYPES), "tensor dtype (default: param dtype)"
+)
+_MAX_SHARD = flags.DEFINE_integer(
+    "max_shard_bytes", DEFAULT_MAX_SHARD_BYTES, "split safetensors into shards above this size"
+)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out directory")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    step, files = export_hf(
+        _WORKDIR.value,
+        _OUT.value,
+        step=_STEP.value,
+        dtype=_DTYPE.value,
+        max_shard_bytes=_MAX_SHARD.value,
+        overwrite=_OVERWRITE.value,
+    )
+    print(f"exported step {step} of {_WORKDIR.value} -> {_OUT.value}: {', '.join(files)}")
+
+
+def run() -> None:
+    """Parses the command line and runs `main` (what `python -m tpu_train.export_hf` does)."""
+    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
