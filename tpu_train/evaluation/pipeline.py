@@ -64,7 +64,8 @@ def read_predictions(path: str) -> list[Prediction]:
         if key in first_line:
             raise InputError(
                 f"{where}: a second prediction for {row['dataset']} item {row['id']!r} "
-                f"(the first is at {first_line[key]}); give one prediction per item"
+                f"(the first is on line {first_line[key].rsplit(':', 1)[1]}); give one prediction "
+                "per item"
             )
         first_line[key] = where
         predictions.append(Prediction(row["id"], row["dataset"], row["output"], row["mode"]))

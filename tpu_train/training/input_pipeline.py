@@ -39,7 +39,9 @@ def register(data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = 
         importlib.import_module(module)
 
 
-def check_mixture(data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = ALPACA) -> None:
+def check_mixture(
+    data_cfg: ml_collections.ConfigDict, prompt_format: PromptFormat = ALPACA
+) -> None:
     """Raises ConfigError naming `data.mixture` when no task or mixture of that name is registered
     (checked before the model is built, not when the first batch is read)."""
     import seqio
