@@ -8,3 +8,22 @@ evaluate    sample, execute and grade on the benchmarks, or grade given predicti
 execute     run programs in the sandbox
 plan        memory and step-time plan of a config on a TPU slice
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+
+def run_main(
+    main: Callable[[list[str]], None], usage: str | None, required: Sequence[str] = ()
+) -> None:
+    """Parses the command line and runs `main`. `--help` prints `usage` whether the command was started
+    as `python -m tpu_train.NAME` or as `python -m tpu_train.cli.NAME` (absl reads the __main__ module's
+    docstring)."""
+    sys.modules["__main__"].__doc__ = usage
+    if required:
+        flags.mark_flags_as_required(list(required))
+    app.run(main)

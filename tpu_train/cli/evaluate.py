@@ -23,6 +23,7 @@ import sys
 
 from absl import app, flags
 
+from tpu_train.cli import run_main
 from tpu_train.evaluation import benchmarks, pipeline, scoring
 from tpu_train.evaluation.executor import ExecutorConfig
 
@@ -178,9 +179,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.evaluate` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    app.run(main)
+    """What `python -m tpu_train.evaluate` does."""
+    run_main(main, __doc__)
 
 
 if __name__ == "__main__":

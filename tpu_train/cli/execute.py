@@ -15,6 +15,7 @@ import time
 
 from absl import app, flags
 
+from tpu_train.cli import run_main
 from tpu_train.evaluation import grader, numbers
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
 from tpu_train.evaluation.pipeline import InputError, read_jsonl
@@ -154,10 +155,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.execute` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    flags.mark_flags_as_required(["input", "output"])
-    app.run(main)
+    """What `python -m tpu_train.execute` does."""
+    run_main(main, __doc__, required=("input", "output"))
 
 
 if __name__ == "__main__":

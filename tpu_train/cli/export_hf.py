@@ -5,10 +5,9 @@
 Load the result with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from tpu_train.cli import run_main
 from tpu_train.interop.hf import DEFAULT_MAX_SHARD_BYTES, EXPORT_DTYPES, export_hf
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "tpu_train workdir holding checkpoints")
@@ -38,9 +37,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.export_hf` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    app.run(main)
+    """What `python -m tpu_train.export_hf` does."""
+    run_main(main, __doc__)
 
 
 if __name__ == "__main__":

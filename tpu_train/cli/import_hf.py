@@ -9,10 +9,9 @@ vocabulary becomes a tokenizer.json. The workdir may be local or gs://; it must 
 Training started on W later resumes from this checkpoint.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from tpu_train.cli import run_main
 from tpu_train.interop.hf import import_checkpoint, open_source
 
 _HF_DIR = flags.DEFINE_string(
@@ -42,9 +41,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.import_hf` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    app.run(main)
+    """What `python -m tpu_train.import_hf` does."""
+    run_main(main, __doc__)
 
 
 if __name__ == "__main__":

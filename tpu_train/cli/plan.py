@@ -17,9 +17,10 @@ import re
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from tpu_train.cli import run_main
 from tpu_train.model.config import PRESETS, LlamaConfig, get_preset
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -87,9 +88,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.plan` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    app.run(main)
+    """What `python -m tpu_train.plan` does."""
+    run_main(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import time
 import jax
 from absl import app, flags
 
+from tpu_train.cli import run_main
 from tpu_train.data.prompts import resolve_format
 from tpu_train.sampling import Sampler, SamplingParams, load_for_sampling
 from tpu_train.sharding import Sharder, make_mesh
@@ -160,9 +161,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.sample` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    app.run(main)
+    """What `python -m tpu_train.sample` does."""
+    run_main(main, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ A workdir that already holds checkpoints resumes from the latest complete one. O
 --coordinator_address, --num_processes and --process_id.
 """
 
-import sys
-
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from tpu_train.checkpoint import WorkdirBusyError
+from tpu_train.cli import run_main
 from tpu_train.training.config_checks import ConfigError
 from tpu_train.training.loop import train
 
@@ -51,9 +50,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Parses the command line and runs `main` (what `python -m tpu_train.train` does)."""
-    sys.modules["__main__"].__doc__ = __doc__  # --help prints this usage under either module name
-    app.run(main)
+    """What `python -m tpu_train.train` does."""
+    run_main(main, __doc__)
 
 
 if __name__ == "__main__":
