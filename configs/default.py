@@ -26,7 +26,7 @@ def get_config():
     c.data.seq_len = 512
     c.data.feature_lengths = dict(inputs=192, targets=320)
 
-    c.optimizer.learning_rate = 1e-4
+    c.optimizer.learning_rate = 3e-4
     c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 5
     c.optimizer.end_lr_fraction = 0.1
@@ -46,8 +46,10 @@ def get_config():
     c.embedded.heldout_per_problem = 4  # the last 4 variants of a problem are held out
     # Shares of the training mixture: the problems' own programs and variants, the shipped GSM8K train
     # programs (other problems; breadth for the GSM8K test), chain-of-thought.
-    c.embedded.rates = dict(embedded=0.5, shipped=0.4, cot=0.1)
+    c.embedded.rates = dict(embedded=0.7, shipped=0.25, cot=0.05)
     c.embedded.gsm8k_test_items = 100  # GSM8K test problems evaluated (PoT)
     c.embedded.max_new_tokens = 256
-    c.embedded.eval_batch_size = 32  # prompts decoded together (more rows per weight read on CPU)
+    c.embedded.eval_batch_size = (
+        64  # prompts decoded together (64 rows: 1.14x the tokens/s of 32 on CPU)
+    )
     return c
