@@ -107,7 +107,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # All of stderr: Orbax can print a shutdown traceback after the real error (issue #16).
+    assert result.returncode == 0, result.stderr
     return result
 
 
