@@ -67,8 +67,10 @@ class LayerCache(NamedTuple):
 
     keys: jax.Array  # [B, K, S, D]
     values: jax.Array  # [B, K, S, D]
-    segment: jax.Array  # [B, S] of the slots before the new tokens are written
-    position: jax.Array  # [B, S]
+    # [B, S] slot segments / positions that mask the cached part: before the new tokens are written for
+    # stacked layers (the new tokens join separately), after it for a layer's own buffer.
+    segment: jax.Array
+    position: jax.Array
     index: jax.Array  # [] slot of the first new token
 
 
@@ -145,9 +147,7 @@ class Attention(nnx.Module):
         at = (0, 0, cache.index, 0)
         keys = jax.lax.dynamic_update_slice(cache.keys, k, at)
         values = jax.lax.dynamic_update_slice(cache.values, v, at)
-        slot_segment = jax.lax.dynamic_update_slice(cache.segment, segments, (0, cache.index))
-        slot_position = jax.lax.dynamic_update_slice(cache.position, positions, (0, cache.index))
-        out = cached_attention(q, keys, values, segments, positions, slot_segment, slot_position)
+        out = cached_attention(q, keys, values, segments, positions, cache.segment, cache.position)
         keys = constrain(keys, self.sharder, KV_AXES[1:])
         values = constrain(values, self.sharder, KV_AXES[1:])
         return out, (keys, values)
@@ -296,9 +296,17 @@ class Llama(nnx.Module):
     def _through_cache(self, x, sin, cos, segments, positions, cache: KVCache):
         segments, positions = segments.astype(jnp.int32), positions.astype(jnp.int32)
         index = cache.index
+        # The slots' metadata with the new tokens in, computed once (not once per layer).
+        slot_segment = jax.lax.dynamic_update_slice(cache.segment, segments, (0, index))
+        slot_position = jax.lax.dynamic_update_slice(cache.position, positions, (0, index))
+        seen = (
+            (cache.segment, cache.position)
+            if self.cfg.scan_layers
+            else (slot_segment, slot_position)
+        )
 
         def layer_cache(keys, values):
-            return LayerCache(keys, values, cache.segment, cache.position, index)
+            return LayerCache(keys, values, *seen, index)
 
         if self.cfg.scan_layers:
             graph, stacked = nnx.split(self.layers)
@@ -329,8 +337,6 @@ class Llama(nnx.Module):
                 keys.append(layer_k)
                 values.append(layer_v)
             keys, values = tuple(keys), tuple(values)
-        slot_segment = jax.lax.dynamic_update_slice(cache.segment, segments, (0, index))
-        slot_position = jax.lax.dynamic_update_slice(cache.position, positions, (0, index))
         length = x.shape[1]
         return x, KVCache(keys, values, slot_segment, slot_position, index + length)
 
