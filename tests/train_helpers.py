@@ -9,7 +9,6 @@ from pathlib import Path
 import jax
 
 from tpu_train import checkpoint
-from tpu_train.model.params import canonical_abstract
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_OVERRIDES = [
@@ -76,8 +75,9 @@ def start_train(workdir, *overrides, devices: int = 1) -> subprocess.Popen:
 
 
 def final_params(workdir):
+    """The latest step's model parameters (a LoRA workdir's merged into its base) on the host."""
     cfg = checkpoint.read_model_config(workdir)
-    params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None))
+    params, _, step = checkpoint.restore_model_params(workdir, cfg)
     return jax.device_get(params), step
 
 

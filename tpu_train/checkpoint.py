@@ -13,6 +13,11 @@ Layout of a workdir:
         progress   {"step": s}: the input pipeline resumes by skipping s batches
         config     the training config as JSON, for the record
 
+A LoRA workdir (`model_config.json` has `lora`) keeps its frozen base once, as step 0 (imported or
+initialised; never deleted by the retention policy), and each later step saves only what trains: params
+holds the adapters, opt_state their optimizer state, progress {"step": s, "base_step": 0}.
+`restore_model_params` puts the two together for sampling, evaluation and export.
+
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed
 mid-save leaves no step that restores half-written; the next start finds the last complete one.
 Restoring always targets the *current* mesh: the caller passes abstract arrays with the shardings it
@@ -22,7 +27,9 @@ How a training run starts (`start`, the one place this is decided):
 
     W has a checkpoint         -> resume from the latest step (parameters and, if saved, optimizer state)
     else an import is given    -> import it and save it as step 0 through the same manager, then train
-    else                       -> initialise from scratch
+    else                       -> initialise from scratch (with LoRA: the base, saved as step 0)
+LoRA adds one rule: the base always comes from step 0, the adapters from the latest step after it (fresh
+adapters while there is none).
 """
 
 from __future__ import annotations
@@ -38,12 +45,16 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint import checkpoint_managers
 
 from tpu_train import tokenizer_files
+from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig
+from tpu_train.model.params import adapter_abstract, canonical_abstract
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_CONFIG_FILE = "model_config.json"
+BASE_STEP = 0  # where a LoRA workdir keeps its frozen base
 
 
 def workdir_path(workdir: str | Path) -> epath.Path:
@@ -198,6 +209,7 @@ class Checkpointer:
         every_steps: `should_save(step)` is true every this many steps (0: only when forced).
         keep: most recent steps kept (0: all); keep_every: also keep every this many steps (0: none).
         async_save: save in a background thread (training); imports and tools save synchronously.
+        keep_base: never delete step 0 (a LoRA run's frozen base).
     """
 
     def __init__(
@@ -208,14 +220,19 @@ class Checkpointer:
         keep: int = 0,
         keep_every: int = 0,
         async_save: bool = False,
+        keep_base: bool = False,
     ):
         self.workdir = workdir_path(workdir)
         self.every_steps = every_steps
+        policies = [checkpoint_managers.LatestN(keep or None)]
+        if keep_every:
+            policies.append(checkpoint_managers.EveryNSteps(keep_every))
+        if keep_base:
+            policies.append(checkpoint_managers.CustomSteps([BASE_STEP]))
         self.manager = ocp.CheckpointManager(
             self.workdir / CHECKPOINT_DIR,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep or None,
-                keep_period=keep_every or None,
+                preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
                 enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
                 create=True,
@@ -244,12 +261,15 @@ class Checkpointer:
         opt_state: Any = None,
         config_json: dict | None = None,
         force: bool = False,
+        base_step: int | None = None,
     ) -> bool:
-        """Starts saving step `step` (async when configured); returns whether a save was started."""
+        """Starts saving step `step` (async when configured); returns whether a save was started.
+        `base_step`: `params` are LoRA adapters over the base saved at that step."""
         if step in self.manager.all_steps():
             return False
+        progress = {"step": step} if base_step is None else {"step": step, "base_step": base_step}
         items: dict[str, Any] = dict(
-            params=ocp.args.StandardSave(params), progress=ocp.args.JsonSave({"step": step})
+            params=ocp.args.StandardSave(params), progress=ocp.args.JsonSave(progress)
         )
         if opt_state is not None:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
@@ -311,6 +331,27 @@ def latest_step(workdir: str | Path) -> int | None:
         return ckpt.latest_step()
 
 
+def restore_model_params(
+    workdir: str | Path, cfg: LlamaConfig, sharder: Any = None, step: int | None = None
+) -> tuple[dict, LlamaConfig, int]:
+    """(parameters, config, step) of the model checkpoint `step` (default: latest) of a workdir holds,
+    onto `sharder`'s mesh (None: one device). For a LoRA workdir that is the plain model its adapters
+    compute: the base of step 0 (quantized as in training, for QLoRA) with the adapters of `step`
+    merged in (`lora.merge`), and the config without `lora`; so sampling, evaluation and export need
+    no separate merge step."""
+    if cfg.lora is None:
+        params, step = restore_params(workdir, canonical_abstract(cfg, sharder), step)
+        return params, cfg, step
+    plain = cfg.replace(lora=None)
+    base, _ = restore_params(workdir, canonical_abstract(plain, sharder), BASE_STEP)
+    step = latest_step(workdir) if step is None else step
+    if step == BASE_STEP:  # imported, not trained yet
+        return base, plain, step
+    base = lora.quantize_base(base, cfg.lora)
+    adapters, step = restore_params(workdir, adapter_abstract(cfg, sharder), step)
+    return lora.merge(lora.combine(base, adapters), cfg.lora), plain, step
+
+
 def restore_params(workdir: str | Path, target: dict, step: int | None = None) -> tuple[dict, int]:
     """Restores the "params" item of `step` (default: latest) onto `target`'s shapes and shardings
     (e.g. `tpu_train.model.params.canonical_abstract`). Returns (params, step)."""
@@ -325,12 +366,23 @@ def restore_params(workdir: str | Path, target: dict, step: int | None = None) -
 
 @dataclasses.dataclass(frozen=True)
 class Start:
-    """How a run starts: its parameters, optimizer state (None: initialise it), step and why."""
+    """How a run starts: what trains (all parameters, or LoRA's adapters), its optimizer state (None:
+    initialise it), the frozen base under LoRA's adapters (None without LoRA), the step and why."""
 
     params: Any
     opt_state: Any
     step: int
     how: str  # "resumed" | "imported" | "initialised"
+    frozen: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+    """What `start` needs for a LoRA run: the adapters' abstract tree (shapes and shardings) and how to
+    make fresh ones."""
+
+    abstract: Any
+    init: Callable[[], Any]
 
 
 def start(
@@ -340,20 +392,46 @@ def start(
     *,
     import_params: Callable[[], Any] | None,
     init_params: Callable[[], Any],
+    adapters: Adapters | None = None,
 ) -> Start:
     """Resume, import or initialise, in that order (see the module docstring).
 
     `import_params` (None: nothing to import) returns the imported parameters, already on the current
     mesh; they are saved as step 0 through `ckpt` itself, so the step is visible to this run and a crash
     before the first training checkpoint resumes from the import rather than from random weights.
+
+    With `adapters` (LoRA), `abstract_params` describes the base and `abstract_opt_state` the adapters'
+    optimizer state; the base is step 0 (saved first if the workdir is new), the adapters and their
+    optimizer state come from the latest later step, or fresh from `adapters.init`.
     """
-    if ckpt.latest_step() is not None:
-        params, opt_state, step = ckpt.restore(None, abstract_params, abstract_opt_state)
-        return Start(params, opt_state, step, "resumed")
-    if import_params is not None:
-        params = import_params()
-        if not ckpt.save(0, params, force=True):
-            raise RuntimeError(f"{ckpt.workdir}: Orbax did not save the imported step 0")
-        ckpt.wait()
-        return Start(params, None, 0, "imported")
-    return Start(init_params(), None, 0, "initialised")
+    latest = ckpt.latest_step()
+    if adapters is None:
+        if latest is not None:
+            params, opt_state, step = ckpt.restore(None, abstract_params, abstract_opt_state)
+            return Start(params, opt_state, step, "resumed")
+        if import_params is not None:
+            return Start(_save_step0(ckpt, import_params()), None, 0, "imported")
+        return Start(init_params(), None, 0, "initialised")
+    if latest is None:
+        how = "imported" if import_params is not None else "initialised"
+        base = _save_step0(ckpt, (import_params or init_params)())
+    else:
+        if BASE_STEP not in ckpt.all_steps():
+            raise FileNotFoundError(
+                f"{ckpt.workdir / CHECKPOINT_DIR}: a LoRA workdir keeps its base model as step "
+                f"{BASE_STEP}, which is missing (steps {ckpt.all_steps()}); the adapters cannot be "
+                "used without it"
+            )
+        how = "resumed"
+        base, _, _ = ckpt.restore(BASE_STEP, abstract_params)
+    if latest is None or latest == BASE_STEP:
+        return Start(adapters.init(), None, BASE_STEP, how, frozen=base)
+    trained, opt_state, step = ckpt.restore(latest, adapters.abstract, abstract_opt_state)
+    return Start(trained, opt_state, step, how, frozen=base)
+
+
+def _save_step0(ckpt: Checkpointer, params: Any) -> Any:
+    if not ckpt.save(BASE_STEP, params, force=True):
+        raise RuntimeError(f"{ckpt.workdir}: Orbax did not save step {BASE_STEP}")
+    ckpt.wait()
+    return params

@@ -43,6 +43,7 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),  # LoRA adapters: the rank dim is small and stays whole
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),

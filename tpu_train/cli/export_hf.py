@@ -1,14 +1,17 @@
 """Export a tpu_train workdir checkpoint as a Hugging Face Llama directory.
 
     python -m tpu_train.export_hf --workdir=W [--step=N] --out=DIR [--dtype=bfloat16] [--overwrite]
+                                  [--lora=merged|adapter]
 
-Load the result with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`.
+Load the result with `transformers.AutoModelForCausalLM.from_pretrained(DIR)`. A LoRA workdir exports
+the merged model by default; `--lora=adapter` writes a PEFT adapter directory instead, loaded with
+`peft.PeftModel.from_pretrained(base_model, DIR)`.
 """
 
 from absl import flags
 
 from tpu_train.cli import run_main
-from tpu_train.interop.hf import DEFAULT_MAX_SHARD_BYTES, EXPORT_DTYPES, export_hf
+from tpu_train.interop.hf import DEFAULT_MAX_SHARD_BYTES, EXPORT_DTYPES, LORA_EXPORTS, export_hf
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "tpu_train workdir holding checkpoints")
 _OUT = flags.DEFINE_string("out", None, "output directory (written atomically)")
@@ -18,6 +21,12 @@ _DTYPE = flags.DEFINE_enum(
 )
 _MAX_SHARD = flags.DEFINE_integer(
     "max_shard_bytes", DEFAULT_MAX_SHARD_BYTES, "split safetensors into shards above this size"
+)
+_LORA = flags.DEFINE_enum(
+    "lora",
+    "merged",
+    list(LORA_EXPORTS),
+    "LoRA workdirs: merged = the plain model with the adapters merged in; adapter = a PEFT adapter",
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out directory")
 flags.mark_flags_as_required(["workdir", "out"])
@@ -32,6 +41,7 @@ def main(argv: list[str]) -> None:
         dtype=_DTYPE.value,
         max_shard_bytes=_MAX_SHARD.value,
         overwrite=_OVERWRITE.value,
+        lora=_LORA.value,
     )
     print(f"exported step {step} of {_WORKDIR.value} -> {_OUT.value}: {', '.join(files)}")
 

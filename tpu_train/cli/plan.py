@@ -6,7 +6,8 @@
 
 The model comes from the config: its `init.hf_dir` when that directory exists, else the preset its name
 matches (`.../Llama-2-7b-hf` -> llama2_7b, `.../CodeLlama-7b-hf` -> codellama_7b), else `model.preset`;
-`--preset` overrides all three. The config's runtime model fields (dtypes, remat policy, attention), mesh
+`--preset` overrides all three. The config's runtime model fields (dtypes, remat policy, attention), its
+`lora` section (LoRA / QLoRA: frozen base, adapters with AdamW), mesh
 shape, sharding rules, batch, sequence length and microbatches are used as the trainer would use them.
 See `tpu_train.planning.planner` for what each figure counts. Exits 1 when the plan does not fit.
 """
@@ -66,10 +67,12 @@ def resolve_model(config, preset: str | None = None) -> tuple[LlamaConfig, str]:
 def main(argv: list[str]) -> None:
     del argv
     from tpu_train.planning import format_plan, make_plan, parse_topology
+    from tpu_train.training.config_checks import lora_config
     from tpu_train.training.loop import sharding_rules
 
     config = _CONFIG.value
     cfg, source = resolve_model(config, _PRESET.value)
+    cfg = cfg.replace(lora=lora_config(config.get("lora")))
     plan = make_plan(
         cfg,
         parse_topology(_TOPOLOGY.value),

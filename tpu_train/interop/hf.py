@@ -11,10 +11,11 @@ leaves either no export or a whole one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from tpu_train.sharding import Sharder
 
 DEFAULT_MAX_SHARD_BYTES = 4 << 30
 EXPORT_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+LORA_EXPORTS = ("merged", "adapter")  # what export_hf writes for a LoRA workdir
 
 
 def read_hf_config(hf_dir: str | Path, **overrides: Any) -> LlamaConfig:
@@ -181,9 +183,7 @@ def export_params(
         PendingTensor(name, shape, np_dtype, fetch)
         for name, shape, fetch in hf_weights.iter_hf_tensors(params, cfg, host_array)
     ]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         files = write_sharded(staging, tensors, max_shard_bytes)
         token_ids = _write_tokenizer(staging, Path(tokenizer_dir)) if tokenizer_dir else {}
         files += [*token_ids.pop("files", [])]
@@ -193,13 +193,23 @@ def export_params(
         generation = {"do_sample": False, **token_ids}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=2))
         files += ["config.json", "generation_config.json"]
+    return sorted(files)
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside `out_dir` that replaces it when the block completes, and is removed
+    if it fails: an export is never left half-written, and an old one is replaced only by a whole one."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sorted(files)
 
 
 def export_hf(
@@ -210,13 +220,25 @@ def export_hf(
     dtype: str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
+    lora: str = "merged",
 ) -> tuple[int, list[str]]:
     """Exports checkpoint `step` (default: latest) of `workdir`; dtype defaults to the parameter dtype.
     Returns (step, files written). An `out_dir` that is, contains or lies inside the workdir is refused:
-    replacing it (--overwrite) would delete the run."""
+    replacing it (--overwrite) would delete the run.
+
+    A LoRA workdir exports, with `lora="merged"`, the plain model (adapters merged into the weights);
+    with `lora="adapter"`, a PEFT adapter directory (`interop.peft_adapter`) for the base model."""
     _refuse_overlap(workdir, out_dir)
     cfg = checkpoint.read_model_config(workdir)
-    params, step = checkpoint.restore_params(workdir, canonical_abstract(cfg, None), step)
+    if lora not in LORA_EXPORTS:
+        raise ValueError(f"lora={lora!r}; choose one of {LORA_EXPORTS}")
+    if lora == "adapter":
+        from tpu_train.interop.peft_adapter import export_adapter
+
+        return export_adapter(
+            workdir, cfg, Path(out_dir), step=step, dtype=dtype, overwrite=overwrite
+        )
+    params, cfg, step = checkpoint.restore_model_params(workdir, cfg, None, step)
     with tempfile.TemporaryDirectory() as tmp:
         # sentencepiece and tokenizers read local files only; the workdir may be on gs://
         has_tokenizer = bool(checkpoint.copy_tokenizer(checkpoint.workdir_path(workdir), tmp))

@@ -20,6 +20,9 @@ from typing import Any
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "save_qkv_attn")
 ATTENTION_IMPLS = ("xla", "splash")
+# The weight matmuls LoRA can adapt, by their parameter (and Hugging Face module) names.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_BASE_QUANTIZATION = ("none", "int8", "nf4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,42 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the weight matmuls (`tpu_train.model.lora`): y = x W + (alpha / rank) x A B.
+
+    Attributes:
+        rank: r, the adapters' inner width (> 0).
+        alpha: scale numerator; the update is scaled by alpha / rank, as in the LoRA paper and PEFT.
+        targets: which projections get adapters, names from LORA_TARGETS.
+        quantize_base: "none", or "int8" / "nf4" (QLoRA): the frozen base projections are held quantized
+            (by the qwix library) and dequantized where they are used.
+    """
+
+    rank: int
+    alpha: float = 16.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    quantize_base: str = "none"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.rank <= 0:
+            raise ValueError(f"lora rank={self.rank}; it must be > 0 (rank 0 means no LoRA)")
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown or not self.targets:
+            raise ValueError(
+                f"lora targets {list(self.targets)}: unknown {unknown}; choose from {LORA_TARGETS}"
+            )
+        if self.quantize_base not in LORA_BASE_QUANTIZATION:
+            raise ValueError(
+                f"lora quantize_base={self.quantize_base!r}; choose one of {LORA_BASE_QUANTIZATION}"
+            )
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +98,7 @@ class LlamaConfig:
         remat_policy: what to keep for the backward pass, one of REMAT_POLICIES (see `llama.remat_policy`).
         attention: "xla" (plain dot-product attention; CPU/GPU/TPU) or "splash" (Pallas TPU kernel).
         attention_interpret: run the Pallas kernel in interpret mode (CPU tests, debugging).
+        lora: low-rank adapters on a frozen base (LoraConfig), or None (every parameter trains).
     """
 
     vocab_size: int
@@ -79,6 +119,7 @@ class LlamaConfig:
     remat_policy: str = "none"
     attention: str = "xla"
     attention_interpret: bool = False
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
         if self.explicit_head_dim is None and self.hidden_size % self.num_heads:
@@ -96,6 +137,8 @@ class LlamaConfig:
             raise ValueError(f"attention={self.attention!r}; choose one of {ATTENTION_IMPLS}")
         if isinstance(self.rope_scaling, Mapping):
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if isinstance(self.lora, Mapping):
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
 
     @property
     def head_dim(self) -> int:
@@ -115,6 +158,28 @@ class LlamaConfig:
         head = 0 if self.tie_embeddings else e * self.vocab_size
         return self.num_layers * layer + self.vocab_size * e + e + head
 
+    def lora_params(self) -> int:
+        """Adapter parameters (0 without LoRA): rank x (fan-in + fan-out) per adapted projection."""
+        if self.lora is None:
+            return 0
+        e, f, d, h, k = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.head_dim,
+            self.num_heads,
+            self.num_kv_heads,
+        )
+        sizes = {
+            "q_proj": e + h * d,
+            "k_proj": e + k * d,
+            "v_proj": e + k * d,
+            "o_proj": h * d + e,
+            "gate_proj": e + f,
+            "up_proj": e + f,
+            "down_proj": f + e,
+        }
+        return self.num_layers * self.lora.rank * sum(sizes[t] for t in self.lora.targets)
+
     def matmul_params(self) -> int:
         """Weights that take part in matmuls: all but the embedding lookup table (a tied output head
         still counts)."""
@@ -128,7 +193,8 @@ class LlamaConfig:
 
         The second term is attention's q.k and p.v (12 * layers * seq_len * heads * head_dim for full
         attention, halved because causal attention needs only the lower triangle). This is the FLOP count
-        of MFU (training/metrics.py) and of the planner.
+        of MFU (training/metrics.py) and of the planner. With LoRA the frozen base costs 4 per weight
+        (forward and input gradient, no weight gradient) and the adapters 6 per parameter.
 
         >>> cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=1,
         ...                   num_heads=2, num_kv_heads=2)
@@ -136,6 +202,10 @@ class LlamaConfig:
         (1464, 9264)
         """
         attention = 6 * self.num_layers * seq_len * self.num_heads * self.head_dim
+        if self.lora is not None:
+            # A frozen base has no weight gradient: its matmuls cost forward + input gradient (4N);
+            # the adapters train fully (6 per parameter).
+            return 4 * self.matmul_params() + 6 * self.lora_params() + attention
         return 6 * self.matmul_params() + attention
 
     def replace(self, **changes: Any) -> LlamaConfig:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from tpu_train.model import rope
+from tpu_train.model import lora, rope
 from tpu_train.model.attention import cached_attention, splash_attention, xla_attention
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.dense import dense
@@ -83,6 +83,8 @@ class Attention(nnx.Module):
         self.k_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), p)
         self.v_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), p)
         self.o_proj = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), p)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            lora.add_adapters(self, cfg, rngs, name)
 
     def __call__(
         self,
@@ -103,9 +105,9 @@ class Attention(nnx.Module):
             per layer).
         """
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        q = dense(x, self.q_proj[...].astype(dt))  # [B, L, H, D]
-        k = dense(x, self.k_proj[...].astype(dt))  # [B, L, K, D]
-        v = dense(x, self.v_proj[...].astype(dt))
+        q = lora.project(self, "q_proj", x)  # [B, L, H, D]
+        k = lora.project(self, "k_proj", x)  # [B, L, K, D]
+        v = lora.project(self, "v_proj", x)
         q = constrain(q, self.sharder, ("batch", "length", "act_heads", "head_dim"))
         k = constrain(k, self.sharder, ("batch", "length", "act_kv_heads", "head_dim"))
         v = constrain(v, self.sharder, ("batch", "length", "act_kv_heads", "head_dim"))
@@ -113,7 +115,7 @@ class Attention(nnx.Module):
         k = rope.apply_rope(k, sin, cos)
         if cache is not None:
             out, new = self._cached(q, k, v, segment_ids, positions, cache)
-            return dense(out, self.o_proj[...].astype(dt), contract=2), new
+            return lora.project(self, "o_proj", out), new
         q, k, v = (
             checkpoint_name(q, "query"),
             checkpoint_name(k, "key"),
@@ -126,7 +128,7 @@ class Attention(nnx.Module):
         else:
             out = xla_attention(q, k, v, segment_ids, segment_ids, positions, positions)
         out = checkpoint_name(out, "attention")
-        return dense(out, self.o_proj[...].astype(dt), contract=2)
+        return lora.project(self, "o_proj", out)
 
     def _cached(self, q, k, v, segments, positions, cache: LayerCache):
         k = k.astype(cache.keys.dtype).transpose(0, 2, 1, 3)  # [B, K, L, D], the cache's layout
@@ -158,18 +160,17 @@ class MLP(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs, sharder: Sharder | None):
         e, f, p = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype
-        self.dtype, self.sharder = cfg.compute_dtype, sharder
+        self.cfg, self.sharder = cfg, sharder
         self.gate_proj = _param(rngs, (e, f), ("embed", "mlp"), p)
         self.up_proj = _param(rngs, (e, f), ("embed", "mlp"), p)
         self.down_proj = _param(rngs, (f, e), ("mlp", "embed"), p)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            lora.add_adapters(self, cfg, rngs, name)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        dt = self.dtype
-        hidden = jax.nn.silu(dense(x, self.gate_proj[...].astype(dt))) * dense(
-            x, self.up_proj[...].astype(dt)
-        )
-        hidden = constrain(hidden, self.sharder, ("batch", "length", "act_mlp"))
-        return dense(hidden, self.down_proj[...].astype(dt))
+        gate, up = lora.project(self, "gate_proj", x), lora.project(self, "up_proj", x)
+        hidden = constrain(jax.nn.silu(gate) * up, self.sharder, ("batch", "length", "act_mlp"))
+        return lora.project(self, "down_proj", hidden)
 
 
 class DecoderLayer(nnx.Module):

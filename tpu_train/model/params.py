@@ -16,10 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
 
+from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.llama import Llama, logical_axes
 from tpu_train.sharding import Sharder
@@ -70,6 +73,25 @@ def canonical_abstract(cfg: LlamaConfig, sharder: Sharder | None) -> dict:
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
     return jax.tree.map(spec, shapes, axes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def adapter_abstract(cfg: LlamaConfig, sharder: Sharder | None) -> dict:
+    """The LoRA adapters' part of `canonical_abstract` (cfg.lora must be set)."""
+    return lora.split(canonical_abstract(cfg, sharder))[1]
+
+
+def init_adapters(cfg: LlamaConfig, sharder: Sharder | None = None, seed: int = 0) -> dict:
+    """Freshly initialised LoRA adapters (A random, B = 0) in the canonical layout, created sharded.
+    The whole model is built inside one jit and only the adapters are returned, so XLA drops the base
+    weights' initialisation: a 7B base is never materialised for it."""
+    cfg = cfg.replace(scan_layers=True)
+    target = adapter_abstract(cfg, sharder)
+
+    @functools.partial(jax.jit, out_shardings=jax.tree.map(lambda a: a.sharding, target))
+    def create() -> dict:
+        return lora.split(canonical_params(Llama(cfg, rngs=nnx.Rngs(seed), sharder=sharder)))[1]
+
+    return create()
 
 
 def canonical_params(model: Llama) -> dict:

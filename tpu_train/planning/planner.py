@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh
 
+from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.llama import DecoderLayer, Llama, logical_axes, remat_policy
 from tpu_train.sharding import DEFAULT_RULES, MESH_AXES, Rules, Sharder, resolve_mesh_shape
@@ -55,6 +56,9 @@ TOPOLOGIES: dict[str, Generation] = {
     "v5e": Generation("v5e", 16 * GIB, 197e12, 1),
     "v5p": Generation("v5p", 95 * GIB, 459e12, 2),
     "v6e": Generation("v6e", 32 * GIB, 918e12, 1),
+    # GPUs, for comparison with single-GPU LoRA recipes: `a100-1`, `h100-8` count GPUs (80 GB parts).
+    "a100": Generation("a100", 80 * 10**9, 312e12, 1),
+    "h100": Generation("h100", 80 * 10**9, 989e12, 1),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
 
@@ -67,7 +71,8 @@ class Topology:
 
 
 def parse_topology(name: str) -> Topology:
-    """`v5p-64` (64 TensorCores = 32 chips), `v4-8` (4 chips), `v5e-16` / `v5litepod-16`, `v6e-8` (chips)."""
+    """`v5p-64` (64 TensorCores = 32 chips), `v4-8` (4 chips), `v5e-16` / `v5litepod-16`, `v6e-8` (chips),
+    `h100-1` / `a100-1` (80 GB GPUs)."""
     match = re.fullmatch(r"([a-z0-9]+)-(\d+)", name.strip().lower())
     if not match:
         raise ValueError(f"topology {name!r}: expected GENERATION-SIZE, e.g. v5p-64, v4-8, v6e-16")
@@ -109,7 +114,8 @@ def _shard_elements(sharder: Sharder, axes: tuple, shape: tuple[int, ...]) -> in
 def sharded_param_bytes(
     cfg: LlamaConfig, mesh_shape: dict[str, int], rules: Rules = DEFAULT_RULES
 ) -> tuple[int, int]:
-    """(global bytes, bytes on each chip) of the parameters under `rules` on a mesh of `mesh_shape`."""
+    """(global bytes, bytes on each chip) of the parameters under `rules` on a mesh of `mesh_shape`,
+    every one in the parameter dtype (LoRA adapters included, no quantization)."""
     shapes, axes = _abstract_params(cfg)
     sharder = _sharder(mesh_shape, rules)
     itemsize = np.dtype(cfg.param_dtype).itemsize
@@ -120,6 +126,39 @@ def sharded_param_bytes(
         _shard_elements(sharder, a, x.shape) for x, a in zip(leaves, axis_leaves, strict=True)
     )
     return total, local * itemsize
+
+
+# Bytes per element of a quantized QLoRA base weight (qwix stores nf4 as 4-bit codes).
+_QUANT_BYTES = {"int8": 1.0, "nf4": 0.5}
+
+
+def lora_param_bytes(
+    cfg: LlamaConfig, mesh_shape: dict[str, int], rules: Rules = DEFAULT_RULES
+) -> tuple[int, int]:
+    """(frozen base, adapters): bytes on each chip of a LoRA model's two parts. A quantized base
+    projection costs its sharded codes plus one float32 scale per block (`lora.quantize_base`'s
+    layout), the scales counted unsharded."""
+    shapes, axes = _abstract_params(cfg)
+    sharder = _sharder(mesh_shape, rules)
+    itemsize = np.dtype(cfg.param_dtype).itemsize
+    quant = cfg.lora.quantize_base
+    frozen = adapters = 0.0
+    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    axis_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    for (path, leaf), names in zip(flat, axis_leaves, strict=True):
+        name = str(path[-1].key)
+        local = _shard_elements(sharder, names, leaf.shape)
+        if lora.is_adapter(name):
+            adapters += local * itemsize
+        elif quant != "none" and name in lora.CONTRACTED_DIMS:
+            last_in = lora.CONTRACTED_DIMS[name]  # axis 0 is the layers axis
+            dim = leaf.shape[last_in]
+            block = lora.QUANT_BLOCK if dim % lora.QUANT_BLOCK == 0 else dim
+            # Scales counted whole on every chip: their sharding is XLA's choice (an upper bound).
+            frozen += local * _QUANT_BYTES[quant] + math.prod(leaf.shape) / block * 4
+        else:
+            frozen += local * itemsize
+    return int(frozen), int(adapters)
 
 
 def local_layer_config(cfg: LlamaConfig, tensor: int) -> LlamaConfig:
@@ -226,7 +265,7 @@ class Plan:
     microbatches: int
     local_batch: int  # sequences per chip per microbatch
     params_total: int
-    params_bytes: int  # per chip, as are all *_bytes
+    params_bytes: int  # per chip, as are all *_bytes; with LoRA the frozen base + the adapters
     opt_bytes: int
     grad_bytes: int
     activations: dict[str, int]
@@ -234,6 +273,7 @@ class Plan:
     hardware_flops_per_step: float
     mfu: float  # the stated MFU the step time assumes
     usable_fraction: float
+    frozen_bytes: int = 0  # LoRA: the part of params_bytes that is the frozen base
 
     @property
     def activation_bytes(self) -> int:
@@ -290,7 +330,12 @@ def make_plan(
             f"seq_len {seq_len} is not a multiple of the sequence axis {mesh['sequence']}"
         )
     local_batch = global_batch // batch_shards // microbatches
-    _, params_local = sharded_param_bytes(cfg, mesh, rules)
+    if cfg.lora is None:
+        _, params_local = sharded_param_bytes(cfg, mesh, rules)
+        frozen_local, trained_local = 0, params_local
+    else:  # only the adapters have gradients and AdamW state
+        frozen_local, trained_local = lora_param_bytes(cfg, mesh, rules)
+        params_local = frozen_local + trained_local
     n_params = cfg.num_params()
     acts = activation_bytes(cfg, local_batch, seq_len // mesh["sequence"], mesh["tensor"])
     tokens = global_batch * seq_len
@@ -306,13 +351,15 @@ def make_plan(
         local_batch=local_batch,
         params_total=n_params,
         params_bytes=params_local,
-        opt_bytes=2 * params_local + 4,  # AdamW mu and nu like the parameters, plus the int32 count
-        grad_bytes=params_local,
+        opt_bytes=2 * trained_local
+        + 4,  # AdamW mu and nu like the parameters, plus the int32 count
+        grad_bytes=trained_local,
         activations=acts,
         model_flops_per_step=model_flops,
         hardware_flops_per_step=hardware_flops,
         mfu=mfu,
         usable_fraction=usable_fraction,
+        frozen_bytes=frozen_local,
     )
 
 
@@ -336,8 +383,14 @@ def format_plan(p: Plan) -> str:
         f"{p.local_batch} sequence(s) per chip per microbatch",
         "",
         "HBM per chip",
-        f"  parameters        {_gib(p.params_bytes)}   ({p.params_bytes / max(1, p.params_total * np.dtype(cfg.param_dtype).itemsize):.1%} of all)",
-        f"  optimizer state   {_gib(p.opt_bytes)}   (AdamW mu + nu, sharded like the parameters)",
+        f"  parameters        {_gib(p.params_bytes)}   ({p.params_bytes / max(1, p.params_total * np.dtype(cfg.param_dtype).itemsize):.1%} of all)"
+        if cfg.lora is None
+        else f"  parameters        {_gib(p.params_bytes)}   (frozen base {_gib(p.frozen_bytes).strip()}"
+        f"{'' if cfg.lora.quantize_base == 'none' else ' in ' + cfg.lora.quantize_base}, LoRA rank "
+        f"{cfg.lora.rank} adapters {_gib(p.params_bytes - p.frozen_bytes).strip()}: "
+        f"{cfg.lora_params() / 1e6:,.1f}M parameters)",
+        f"  optimizer state   {_gib(p.opt_bytes)}   (AdamW mu + nu, sharded like the "
+        f"{'parameters' if cfg.lora is None else 'adapters'})",
         f"  gradients         {_gib(p.grad_bytes)}",
         f"  activations       {_gib(p.activation_bytes)}   ({_gib(a['per_layer_saved']).strip()} saved per "
         f"layer x {cfg.num_layers}, {_gib(a['layer_recompute']).strip()} recomputed layer, "
@@ -345,7 +398,8 @@ def format_plan(p: Plan) -> str:
         f"  total             {_gib(p.total_bytes)}   of {_gib(p.usable_bytes).strip()} usable "
         f"({p.usable_fraction:.0%} of {gen.hbm_bytes / GIB:.0f} GiB)",
         "",
-        f"FLOPs/step {p.model_flops_per_step:.4g} model (6N + causal attention), "
+        f"FLOPs/step {p.model_flops_per_step:.4g} model "
+        f"({'6N' if cfg.lora is None else '4N frozen + 6 x adapters'} + causal attention), "
         f"{p.hardware_flops_per_step:.4g} with remat recomputation (MFU ceiling {p.mfu_ceiling:.0%})",
         f"step time  {p.step_time_s:.3f} s at {p.mfu:.0%} MFU of {p.peak_flops / 1e15:.2f} PFLOP/s "
         f"({p.global_batch * p.seq_len / p.step_time_s:,.0f} tokens/s); "

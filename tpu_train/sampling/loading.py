@@ -14,7 +14,7 @@ from typing import Any
 from tpu_train import checkpoint
 from tpu_train.interop.hf import load_hf_params, read_hf_config
 from tpu_train.model.llama import Llama
-from tpu_train.model.params import canonical_abstract, model_from_params
+from tpu_train.model.params import model_from_params
 from tpu_train.sampling.tokenizer import Tokenizer, load_tokenizer
 from tpu_train.sharding import Sharder
 
@@ -40,8 +40,8 @@ def load_for_sampling(
     if workdir is not None:
         directory = Path(workdir)
         cfg = checkpoint.read_model_config(directory).replace(**overrides)
-        target = canonical_abstract(cfg, sharder)
-        params, _ = checkpoint.restore_params(directory, target, step)
+        # a LoRA workdir gives the plain model, its adapters merged in
+        params, cfg, _ = checkpoint.restore_model_params(directory, cfg, sharder, step)
     else:
         if step is not None:
             raise ValueError("step applies to workdirs; a Hugging Face directory holds one model")

@@ -1,11 +1,13 @@
 """The full set of training config fields with their defaults; `configs/*.py` start from this.
 
 Each component reads only its own section: `model` (architecture preset and runtime fields), `init`,
-`mesh` (shape and sharding-rule overrides), `data` (input pipeline), `optimizer`, `train` (the loop),
-`checkpoint`, and the top-level `seed`.
+`lora` (adapters on a frozen base), `mesh` (shape and sharding-rule overrides), `data` (input pipeline),
+`optimizer`, `train` (the loop), `checkpoint`, and the top-level `seed`.
 """
 
 import ml_collections
+
+from tpu_train.model.config import LORA_TARGETS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,6 +31,13 @@ def base_config() -> ml_collections.ConfigDict:
     # A pretrained model to import as step 0 when the workdir has no checkpoint (one of the two).
     c.init.hf_dir = ""  # a transformers Llama directory (config.json + safetensors + tokenizer)
     c.init.gguf = ""  # a llama.cpp GGUF file (dequantized on import; its tokenizer comes along)
+
+    # LoRA / QLoRA (tpu_train.model.lora): adapters on a frozen base; rank 0 trains every parameter.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0  # the update is scaled by alpha / rank
+    c.lora.targets = LORA_TARGETS  # any of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
+    c.lora.quantize_base = "none"  # none | int8 | nf4 (QLoRA, quantized by qwix)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = ml_collections.ConfigDict(dict(data=1, fsdp=-1, sequence=1, tensor=1))

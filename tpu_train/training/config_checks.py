@@ -8,12 +8,27 @@ from pathlib import Path
 import ml_collections
 
 from tpu_train.data.prompts import FORMAT_NAMES
-from tpu_train.model.config import LlamaConfig
+from tpu_train.model.config import LORA_TARGETS, LlamaConfig, LoraConfig
 from tpu_train.sharding import resolve_mesh_shape
 
 
 class ConfigError(ValueError):
     """A training config that cannot run as written."""
+
+
+def lora_config(section: ml_collections.ConfigDict | None) -> LoraConfig | None:
+    """The `lora` section as a LoraConfig; None when absent or rank 0 (every parameter trains)."""
+    if section is None or section.get("rank", 0) == 0:
+        return None
+    try:
+        return LoraConfig(
+            rank=section.rank,
+            alpha=float(section.get("alpha", 16.0)),
+            targets=tuple(section.get("targets", LORA_TARGETS)),
+            quantize_base=section.get("quantize_base", "none"),
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.lora: {e}") from e
 
 
 def check_config(

@@ -143,7 +143,7 @@ class ValidationLoss:
                 k: jax.make_array_from_process_local_data(self.batch_sharding, local[k])
                 for k in BATCH_KEYS
             }
-            for name, value in jax.device_get(self.sums(info.state.params, batch)).items():
+            for name, value in jax.device_get(self.sums(info.state.model_params(), batch)).items():
                 totals[name] = totals.get(name, 0.0) + float(value)
         if not totals.get("tokens"):
             self.empty = True

@@ -1,6 +1,7 @@
 """The training loop: config -> mesh -> model -> train state -> steps -> checkpoints.
 
-    state = resume from W, or import config.init (hf_dir or gguf), or initialise (`checkpoint.start`)
+    state = resume from W, or import config.init (hf_dir or gguf), or initialise (`checkpoint.start`);
+            with LoRA (`config.lora.rank` > 0) the base is frozen and only the adapters train
     for step in start..num_steps:  batch -> jitted step (sharded, donated) -> metrics -> checkpoint
     SIGTERM (TPU preemption): save at the next step boundary and return
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -25,8 +27,15 @@ from tpu_train import checkpoint
 from tpu_train.data import prompts
 from tpu_train.data.sources import SHIPPED_TOKENIZER
 from tpu_train.interop.hf import ImportSource, load_params, open_source, write_tokenizer
+from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig, get_preset
-from tpu_train.model.params import canonical_abstract, canonical_params, init_model
+from tpu_train.model.params import (
+    adapter_abstract,
+    canonical_abstract,
+    canonical_params,
+    init_adapters,
+    init_model,
+)
 from tpu_train.sharding import (
     DEFAULT_RULES,
     Sharder,
@@ -35,7 +44,7 @@ from tpu_train.sharding import (
     optimizer_state_shardings,
 )
 from tpu_train.training import hooks, input_pipeline, metrics
-from tpu_train.training.config_checks import ConfigError, check_config
+from tpu_train.training.config_checks import ConfigError, check_config, lora_config
 from tpu_train.training.optimizer import learning_rate_schedule, make_optimizer
 from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
 
@@ -68,15 +77,23 @@ def model_config(
     config: ml_collections.ConfigDict, workdir: epath.Path, source: ImportSource | None
 ) -> LlamaConfig:
     """The architecture comes from the workdir (a resumed or imported run) or the checkpoint to import,
-    else from the preset; the config's runtime fields apply on top."""
+    else from the preset; the config's runtime fields and its `lora` section apply on top."""
     runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
+    runtime["lora"] = lora_config(config.get("lora"))
     # Only a workdir with checkpoints decides: a model_config.json left by a run that failed before
     # its first checkpoint must not pin that run's architecture on the next one.
     trained = checkpoint.latest_step(workdir) is not None
     if trained and (workdir / checkpoint.MODEL_CONFIG_FILE).exists():
         if source is None:  # with an import the preset plays no part
             _refuse_preset_change(config, workdir)
-        return checkpoint.read_model_config(workdir).replace(**runtime)
+        saved = checkpoint.read_model_config(workdir)
+        if saved.lora != runtime["lora"]:
+            raise ConfigError(
+                f"{workdir} was trained with lora={saved.lora} (see {workdir / checkpoint.MODEL_CONFIG_FILE});"
+                f" this run asks for lora={runtime['lora']}. A workdir resumes its own adapters: drop the "
+                "change, or train in a new --workdir"
+            )
+        return saved.replace(**runtime)
     if source is not None:
         return source.config(**runtime)
     extra = {k: v for k, v in config.model.get("overrides", {}).items()}
@@ -162,6 +179,7 @@ def _train(
         keep=config.checkpoint.keep,
         keep_every=config.checkpoint.keep_every,
         async_save=config.checkpoint.async_save,
+        keep_base=model_cfg.lora is not None,
     )
     # Written before the first checkpoint so that every step in W has its config beside it.
     checkpoint.write_model_config(workdir, model_cfg)
@@ -171,10 +189,15 @@ def _train(
     input_pipeline.check_mixture(data_cfg, prompt_format)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
-    abstract_params = canonical_abstract(model_cfg, sharder)
+    # With LoRA the model's parameters split into the frozen base and the adapters that train.
+    base_cfg = model_cfg.replace(lora=None)
+    abstract_params = canonical_abstract(base_cfg, sharder)
+    trained_abstract = (
+        abstract_params if model_cfg.lora is None else adapter_abstract(model_cfg, sharder)
+    )
     replicated = lambda n: jax.device_put(jnp.asarray(n, jnp.int32), sharder.sharding(()))  # noqa: E731
-    param_shardings = jax.tree.map(lambda s: s.sharding, abstract_params)
-    opt_abstract = jax.eval_shape(tx.init, abstract_params)
+    param_shardings = jax.tree.map(lambda s: s.sharding, trained_abstract)
+    opt_abstract = jax.eval_shape(tx.init, trained_abstract)
     opt_shardings = optimizer_state_shardings(opt_abstract, param_shardings, sharder.sharding(()))
     init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
     opt_abstract = jax.tree.map(
@@ -190,10 +213,23 @@ def _train(
         abstract_params,
         opt_abstract,
         import_params=import_params if source is not None else None,
-        init_params=lambda: canonical_params(init_model(model_cfg, sharder, seed=config.seed)),
+        init_params=lambda: canonical_params(init_model(base_cfg, sharder, seed=config.seed)),
+        adapters=None
+        if model_cfg.lora is None
+        else checkpoint.Adapters(
+            trained_abstract, lambda: init_adapters(model_cfg, sharder, seed=config.seed)
+        ),
     )
     opt_state = first.opt_state if first.opt_state is not None else init_opt(first.params)
-    state = TrainState(step=replicated(first.step), params=first.params, opt_state=opt_state)
+    frozen = first.frozen
+    if model_cfg.lora is not None and model_cfg.lora.quantize_base != "none":
+        # QLoRA: quantized at every start; absmax quantization is deterministic, so a resumed run
+        # trains against the same base.
+        quantize = functools.partial(lora.quantize_base, lora=model_cfg.lora)
+        frozen = jax.jit(quantize, donate_argnums=0)(frozen)
+    state = TrainState(
+        step=replicated(first.step), params=first.params, opt_state=opt_state, frozen=frozen
+    )
     say(
         {
             "resumed": f"resumed from {workdir / checkpoint.CHECKPOINT_DIR / str(first.step)} "
@@ -204,6 +240,13 @@ def _train(
         }[first.how]
     )
     say(describe(mesh, state.params))
+    if model_cfg.lora is not None:
+        lora_cfg, trained = model_cfg.lora, model_cfg.lora_params()
+        say(
+            f"LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}: {trained / 1e6:,.2f}M "
+            f"trainable parameters ({100 * trained / model_cfg.num_params():.2f}% of the base); "
+            f"base frozen{'' if lora_cfg.quantize_base == 'none' else ', ' + lora_cfg.quantize_base}"
+        )
 
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = sharder.sharding(
@@ -292,7 +335,8 @@ def _train(
         evaluate = EvalHook(config.eval, workdir, prompt_format)
 
         def evaluate_and_log(info: hooks.StepInfo) -> dict[str, float]:
-            scores = evaluate(info.step, info.state.params, model_cfg, sharder)
+            params, cfg = lora.plain_model(info.state.model_params(), model_cfg)
+            scores = evaluate(info.step, params, cfg, sharder)
             if scores:
                 writer.write_scalars(info.step, scores)
                 say(
@@ -337,6 +381,7 @@ def _train(
                     state.opt_state,
                     config_json,
                     force=preemption.requested or done == num_steps,
+                    base_step=None if model_cfg.lora is None else checkpoint.BASE_STEP,
                 )
             if preemption.requested:
                 ckpt.wait()

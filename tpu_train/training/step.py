@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.params import model_from_params
 from tpu_train.sharding import Sharder
@@ -34,8 +35,15 @@ BATCH_KEYS = (
 
 class TrainState(struct.PyTreeNode):
     step: jax.Array  # int32 scalar: number of updates applied
-    params: dict  # canonical (layers-stacked) parameter tree, float32 master weights
-    opt_state: optax.OptState
+    # What trains, canonical (layers-stacked), float32 master weights: every parameter, or with LoRA
+    # the adapters only.
+    params: dict
+    opt_state: optax.OptState  # of `params`
+    frozen: dict | None = None  # LoRA: the frozen (possibly quantized) base the adapters apply to
+
+    def model_params(self) -> dict:
+        """The tree the model runs on: `params`, with LoRA's frozen base put back in."""
+        return self.params if self.frozen is None else lora.combine(self.frozen, self.params)
 
 
 def loss_sums(
@@ -78,27 +86,30 @@ def make_train_step(
     the loop then stops or skips as configured, and the parameters never hold NaN.
     """
 
-    def objective(params, batch):
-        loss, sums = loss_sums(model_cfg, sharder, params, batch)
+    def objective(params, frozen, batch):
+        # Only `params` is differentiated: under LoRA the frozen base gets no weight gradient (XLA
+        # drops that half of its backward pass), and no optimizer state.
+        model_params = params if frozen is None else lora.combine(frozen, params)
+        loss, sums = loss_sums(model_cfg, sharder, model_params, batch)
         return loss + z_loss * sums["z_loss"], sums
 
     grad_fn = jax.grad(objective, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         if microbatches == 1:
-            grads, sums = grad_fn(state.params, batch)
+            grads, sums = grad_fn(state.params, state.frozen, batch)
         else:
             split = jax.tree.map(
                 lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch
             )
 
             def accumulate(carry, micro):
-                grads, sums = grad_fn(state.params, micro)
+                grads, sums = grad_fn(state.params, state.frozen, micro)
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
+            first = jax.tree.map(lambda x: x[0], split)
             zeros = jax.tree.map(
-                jnp.zeros_like,
-                jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], split)),
+                jnp.zeros_like, jax.eval_shape(grad_fn, state.params, state.frozen, first)
             )
             (grads, sums), _ = jax.lax.scan(accumulate, zeros, split)
         tokens = jnp.maximum(sums["tokens"], 1.0)
@@ -109,7 +120,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(
+        new_state = state.replace(
             step=state.step + 1,  # a skipped update still consumed its batch
             params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state),
