@@ -45,18 +45,23 @@ def _mesh(shape):
     return make_mesh(shape, jax.devices()[:n])
 
 
-@pytest.mark.parametrize("shape", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}, {"data": 2, "fsdp": 4}])
-def test_param_and_optimizer_bytes_match_real_sharded_arrays(shape):
-    mesh = _mesh(shape)
-    sharder = Sharder(mesh)
-    params = canonical_params(init_model(SMALL, sharder, seed=0))
+def _adamw_state(params, sharder):
+    """AdamW state for `params`, sharded as the trainer shards it."""
     tx = optax.adamw(1e-3)
     shardings = optimizer_state_shardings(
         jax.eval_shape(tx.init, params),
         jax.tree.map(lambda x: x.sharding, params),
         sharder.sharding(()),
     )
-    opt_state = jax.jit(tx.init, out_shardings=shardings)(params)
+    return jax.jit(tx.init, out_shardings=shardings)(params)
+
+
+@pytest.mark.parametrize("shape", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}, {"data": 2, "fsdp": 4}])
+def test_param_and_optimizer_bytes_match_real_sharded_arrays(shape):
+    mesh = _mesh(shape)
+    sharder = Sharder(mesh)
+    params = canonical_params(init_model(SMALL, sharder, seed=0))
+    opt_state = _adamw_state(params, sharder)
     plan = make_plan(SMALL, parse_topology(f"v5e-{mesh.size}"), shape, 16, 128)
     assert plan.params_bytes == bytes_per_device(params)
     assert plan.opt_bytes == bytes_per_device(opt_state)
@@ -163,13 +168,7 @@ def test_lora_plan_counts_the_frozen_base_and_the_adapters_real_arrays_hold(quan
     base = canonical_params(init_model(SMALL, sharder, seed=0))
     frozen = jax.jit(lambda b: lora.quantize_base(b, cfg.lora))(base)
     adapters = init_adapters(cfg, sharder)
-    tx = optax.adamw(1e-3)
-    shardings = optimizer_state_shardings(
-        jax.eval_shape(tx.init, adapters),
-        jax.tree.map(lambda x: x.sharding, adapters),
-        sharder.sharding(()),
-    )
-    opt_state = jax.jit(tx.init, out_shardings=shardings)(adapters)
+    opt_state = _adamw_state(adapters, sharder)
     plan = make_plan(cfg, parse_topology("v5e-8"), shape, 16, 128)
     assert plan.params_bytes - plan.frozen_bytes == bytes_per_device(adapters)
     assert plan.opt_bytes == bytes_per_device(opt_state)
