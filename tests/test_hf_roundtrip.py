@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from tpu_train.interop.hf import export_hf, import_hf, read_hf_config
 from tpu_train.interop.hf_config import UnsupportedCheckpointError
-from tpu_train.interop.safetensors_io import CheckpointReader
+from tpu_train.interop.safetensors_io import CheckpointReader, SafetensorsFileError
 
 
 def _all_tensors(hf_dir) -> dict[str, np.ndarray]:
@@ -169,3 +169,20 @@ def test_export_refuses_an_out_dir_overlapping_the_workdir(tmp_path, hf_llama_fa
         with pytest.raises(ValueError, match="overlaps the workdir"):
             export_hf(tmp_path / "w", out, overwrite=True)
     assert (tmp_path / "w" / "checkpoints").is_dir()  # nothing was deleted
+
+
+def test_a_truncated_safetensors_file_is_named_in_one_line(hf_llama_factory, tmp_path):
+    """An interrupted download: the file, not safetensors' "incomplete metadata", and no traceback."""
+    hf_dir, _ = hf_llama_factory()
+    weights = hf_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(SafetensorsFileError, match=r"model\.safetensors: not a complete"):
+        import_hf(hf_dir, tmp_path / "w")
+    assert not (tmp_path / "w" / "checkpoints").exists()  # nothing was written
+    done = subprocess.run(
+        [sys.executable, "-m", "tpu_train.import_hf", f"--hf_dir={hf_dir}", f"--workdir={tmp_path / 'w'}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {weights}: not a complete safetensors file"), last

@@ -13,6 +13,18 @@ from absl import flags
 
 from tpu_train.cli import run_main
 from tpu_train.interop.hf import import_checkpoint, open_source
+from tpu_train.interop.hf_config import UnsupportedCheckpointError
+from tpu_train.interop.safetensors_io import SafetensorsFileError
+
+# What a user fixes (a cut-short download, a workdir in use, a missing file, an unsupported model); each
+# message names the file, key or tensor: one line, no traceback.
+USER_ERRORS = (
+    SafetensorsFileError,
+    UnsupportedCheckpointError,
+    FileExistsError,
+    FileNotFoundError,
+    KeyError,
+)
 
 _HF_DIR = flags.DEFINE_string(
     "hf_dir", "", "transformers Llama directory (config.json + safetensors)"
@@ -28,12 +40,16 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv: list[str]) -> None:
     del argv
-    source = open_source(hf_dir=_HF_DIR.value, gguf=_GGUF.value)
-    cfg = import_checkpoint(
-        source,
-        _WORKDIR.value,
-        overrides=dict(param_dtype=_PARAM_DTYPE.value, compute_dtype=_COMPUTE_DTYPE.value),
-    )
+    try:
+        source = open_source(hf_dir=_HF_DIR.value, gguf=_GGUF.value)
+        cfg = import_checkpoint(
+            source,
+            _WORKDIR.value,
+            overrides=dict(param_dtype=_PARAM_DTYPE.value, compute_dtype=_COMPUTE_DTYPE.value),
+        )
+    except USER_ERRORS as err:
+        # KeyError's str() quotes its message; the message itself is what names the tensor.
+        raise SystemExit(f"error: {err.args[0] if err.args else err}") from None
     print(
         f"imported {source.path}: {cfg.num_params() / 1e6:,.1f}M parameters, {cfg.num_layers} layers, "
         f"{cfg.num_heads} heads / {cfg.num_kv_heads} KV heads -> {_WORKDIR.value} (step 0)"

@@ -16,10 +16,11 @@ import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 _DTYPE_CODES = {
     np.dtype(np.float32): "F32",
@@ -96,6 +97,23 @@ def write_sharded(
     return [*names, INDEX_FILE]
 
 
+class SafetensorsFileError(ValueError):
+    """A safetensors file (or its index) that cannot be read: truncated, not safetensors, bad JSON."""
+
+
+def open_safetensors(path: Path) -> Any:
+    """`safe_open(path)`, with a truncated or foreign file reported by its path rather than as
+    safetensors' bare "incomplete metadata, file not fully covered"."""
+    try:
+        return safe_open(path, framework="numpy")
+    except SafetensorError as e:
+        size = path.stat().st_size
+        raise SafetensorsFileError(
+            f"{path}: not a complete safetensors file ({size:,} bytes; {e}); it was probably cut "
+            "short by an interrupted download or copy: fetch it again"
+        ) from None
+
+
 class CheckpointReader:
     """Reads tensors by name from a Hugging Face directory holding `model.safetensors` or an indexed set
     of shards. Opens each file lazily (memory-mapped by safetensors)."""
@@ -104,9 +122,15 @@ class CheckpointReader:
         self.hf_dir = Path(hf_dir)
         index_path = self.hf_dir / INDEX_FILE
         if index_path.exists():
-            weight_map = json.loads(index_path.read_text())["weight_map"]
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise SafetensorsFileError(
+                    f"{index_path}: not a safetensors index (a JSON object with a 'weight_map'): "
+                    f"{e}"
+                ) from None
         elif (self.hf_dir / SINGLE_FILE).exists():
-            with safe_open(self.hf_dir / SINGLE_FILE, framework="numpy") as f:
+            with open_safetensors(self.hf_dir / SINGLE_FILE) as f:
                 weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
         else:
             raise FileNotFoundError(
@@ -129,5 +153,5 @@ class CheckpointReader:
                 raise FileNotFoundError(
                     f"{path}: shard named in {INDEX_FILE} for {name!r} is missing"
                 )
-            self._open[file] = safe_open(path, framework="numpy")
+            self._open[file] = open_safetensors(path)
         return self._open[file].get_tensor(name)
