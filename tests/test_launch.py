@@ -1,5 +1,7 @@
 """TPU VM launcher (dry run and relaunch after preemption) and local config sweeps."""
 
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -31,6 +33,37 @@ def test_dry_run_prints_every_gcloud_command():
     assert "--worker=all" in train and "nohup" in command and "--distributed" in command
     assert "--workdir=gs://bucket/runs/a" in command and "--config.train.num_steps=40" in command
     assert "--worker=0" in stream and "tail" in stream[-3]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("--config=configs/no_such.py", r"--config=configs/no_such.py: no such file in "),
+        ("--config=/etc/hostname", r"--config=/etc/hostname: outside the repository"),
+        ("--accelerator=v9-8", r"--accelerator=v9-8: not a TPU accelerator type; expected one of v2-N"),
+        ("--accelerator=v5e-8", r"\(v5e is v5litepod-N\)"),
+        ("--accelerator=v4-7", r"--accelerator=v4-7: v4 sizes count TensorCores, 2 per chip"),
+        ("--workdir=runs/a", r"--workdir=runs/a: a TPU VM run needs a Cloud Storage workdir \(gs://"),
+    ],
+)  # fmt: skip
+def test_dry_run_refuses_what_would_fail_on_the_workers_in_one_line(change, message, capsys):
+    key = change.split("=")[0]
+    args = [a for a in TPU_ARGS if not a.startswith(key + "=")] + [change, "--create", "--dry_run"]
+    assert tpu_vm.main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no gcloud command printed
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert re.search(message, err), err
+
+
+def test_an_untracked_config_is_refused(tmp_path):
+    untracked = ROOT / "configs" / f"untracked_{os.getpid()}.py"
+    untracked.write_text("")
+    try:
+        with pytest.raises(tpu_vm.LaunchError, match="not tracked by git"):
+            tpu_vm.check_job(tpu_vm.parse_args([*TPU_ARGS, f"--config={untracked}"])[0], ROOT)
+    finally:
+        untracked.unlink()
 
 
 def test_bad_override_is_rejected():

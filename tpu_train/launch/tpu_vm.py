@@ -19,6 +19,7 @@ from the last checkpoint in the workdir, so the workdir should be on Cloud Stora
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import subprocess
 import sys
@@ -29,6 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REMOTE_DIR = "tpu_train"
+# gcloud's accelerator-type prefixes and how their sizes count: TensorCores (2 per chip) on v2-v4 and
+# v5p, chips on v5e (which gcloud spells v5litepod) and v6e.
+ACCELERATORS = {"v2": 2, "v3": 2, "v4": 2, "v5p": 2, "v5litepod": 1, "v6e": 1}
 LOG = "$HOME/tpu_train_logs/train-worker$(hostname).log"
 EXIT_FILE = "$HOME/tpu_train_logs/exit-code"
 
@@ -219,9 +223,64 @@ def parse_args(argv: Sequence[str]) -> tuple[TpuJob, dict]:
     return job, dict(create=args.create, retries=args.retries, dry_run=args.dry_run)
 
 
+class LaunchError(ValueError):
+    """A job that cannot run as given; the message names the flag and what to change."""
+
+
+def check_job(job: TpuJob, repo: Path) -> TpuJob:
+    """Refuses, before any gcloud command, what would only fail on the workers (or lose the run);
+    returns the job with `config` as a path relative to the repository, as the workers see it."""
+    config = Path(job.config)
+    if config.is_absolute():
+        try:
+            config = config.resolve().relative_to(repo)
+        except ValueError:
+            raise LaunchError(
+                f"--config={job.config}: outside the repository {repo}; the workers receive only "
+                "its tracked files, so put the config under configs/"
+            ) from None
+    if not (repo / config).is_file():
+        raise LaunchError(
+            f"--config={job.config}: no such file in {repo} (configs are paths inside the "
+            "repository, e.g. configs/llama2_7b_infinitymath.py)"
+        )
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", str(config)], cwd=repo, capture_output=True
+    )
+    if tracked.returncode != 0:
+        raise LaunchError(
+            f"--config={job.config}: not tracked by git, so it would not be copied to the workers; "
+            f"git add {config} (a commit is not needed)"
+        )
+    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", job.accelerator)
+    if not match or match.group(1) not in ACCELERATORS:
+        raise LaunchError(
+            f"--accelerator={job.accelerator}: not a TPU accelerator type; expected one of "
+            f"{', '.join(f'{g}-N' for g in ACCELERATORS)} (v5e is v5litepod-N), e.g. v4-8, v5p-64"
+        )
+    per_chip = ACCELERATORS[match.group(1)]
+    if int(match.group(2)) == 0 or int(match.group(2)) % per_chip:
+        raise LaunchError(
+            f"--accelerator={job.accelerator}: {match.group(1)} sizes count TensorCores, "
+            f"{per_chip} per chip (e.g. {match.group(1)}-8)"
+        )
+    if not job.workdir.startswith("gs://"):
+        raise LaunchError(
+            f"--workdir={job.workdir}: a TPU VM run needs a Cloud Storage workdir "
+            "(gs://BUCKET/runs/NAME): every worker writes its part of each checkpoint there, and "
+            "it must outlive a preempted VM to resume from"
+        )
+    return dataclasses.replace(job, config=config.as_posix())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     job, opts = parse_args(sys.argv[1:] if argv is None else argv)
     repo = Path(__file__).resolve().parents[2]
+    try:
+        job = check_job(job, repo)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if opts["dry_run"]:
         for cmd in attempt_commands(job, f"/tmp/{REMOTE_DIR}.tar.gz", opts["create"]):
             print(shlex.join(cmd))
