@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -246,18 +247,62 @@ def test_gsm8k_cot_task_strips_annotations(tmp_path):
     assert "<<" not in text and text.rstrip().endswith(".") and "The answer is " in text
 
 
-def test_prepare_rebuilds_when_source_file_changes(tmp_path):
+def test_prepared_data_is_keyed_by_content_not_modification_time(tmp_path, monkeypatch):
+    """Two checkouts sharing one data_dir: the same bytes under other mtimes reuse the dataset, changed
+    bytes get their own, and no run ever sees a dataset that is still being written."""
+    rows = [_record(i, 3 * (i + 2)) for i in range(6)]
+    first_dir, second_dir = tmp_path / "checkout1", tmp_path / "checkout2"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        _write(folder / "infinitymath.jsonl", rows)
+    # another checkout of the same files: another modification time
+    os.utime(second_dir / "infinitymath.jsonl", ns=(10**18, 10**18))
+    config = _config("keyed", "infinitymath.jsonl", validation_percent=0)
+    source = Source("infinitymath", None, shipped=False)
+    builds = []
+    real_prepare = tfds.core.DatasetBuilder.download_and_prepare
+
+    def counting_prepare(builder, *args, **kwargs):
+        staging = Path(builder.data_dir).parents[2]  # STAGING/infinitymath/keyed/1.1.0
+        builds.append(staging)
+        final = staging.parent / staging.name.split(".building-")[0].lstrip(".")
+        assert not final.exists()  # nothing at the final place until the build is whole
+        return real_prepare(builder, *args, **kwargs)
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", counting_prepare)
+    first = prepare(source, tmp_path / "tfds", first_dir, config)
+    assert first.info.splits["train"].num_examples == 6 and len(builds) == 1
+    second = prepare(source, tmp_path / "tfds", second_dir, config)
+    assert second.data_path == first.data_path and len(builds) == 1  # reused, not rebuilt
+    assert ".building-" in builds[0].name  # built aside, then renamed into place
+    _write(second_dir / "infinitymath.jsonl", rows[:4])
+    changed = prepare(source, tmp_path / "tfds", second_dir, config)
+    assert changed.info.splits["train"].num_examples == 4 and len(builds) == 2
+    assert changed.data_path != first.data_path
+    assert first.info.splits["train"].num_examples == 6  # the other checkout's data is untouched
+    assert not list((tmp_path / "tfds" / "tpu_train").glob(".*building*"))  # no staging left
+
+
+def test_two_runs_preparing_at_once_both_read_the_first_whole_build(tmp_path, monkeypatch):
     manual = tmp_path / "manual"
     manual.mkdir()
-    _write(manual / "infinitymath.jsonl", [_record(i, 3 * (i + 2)) for i in range(6)])
-    config = _config("stamped", "infinitymath.jsonl", validation_percent=0)
+    _write(manual / "infinitymath.jsonl", [_record(i, 3 * (i + 2)) for i in range(5)])
+    config = _config("raced", "infinitymath.jsonl", validation_percent=0)
     source = Source("infinitymath", None, shipped=False)
-    first = prepare(source, tmp_path / "tfds", manual, config)
-    assert first.info.splits["train"].num_examples == 6
-    assert prepare(source, tmp_path / "tfds", manual, config).info.splits["train"].num_examples == 6
-    _write(manual / "infinitymath.jsonl", [_record(i, 3 * (i + 2)) for i in range(4)])
-    rebuilt = prepare(source, tmp_path / "tfds", manual, config)
-    assert rebuilt.info.splits["train"].num_examples == 4
+    real_prepare = tfds.core.DatasetBuilder.download_and_prepare
+    other, started = [], []
+
+    def racing_prepare(builder, *args, **kwargs):
+        if not started:  # while this run builds, another one starts and finishes first
+            started.append(True)
+            other.append(prepare(source, tmp_path / "tfds", manual, config))
+        return real_prepare(builder, *args, **kwargs)
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", racing_prepare)
+    mine = prepare(source, tmp_path / "tfds", manual, config)
+    assert mine.data_path == other[0].data_path
+    assert mine.info.splits["train"].num_examples == 5
+    assert not list((tmp_path / "tfds" / "tpu_train").glob(".*building*"))
 
 
 def test_inspect_prints_masked_examples_and_writes_histogram(task, tmp_path, capsys):

@@ -3,7 +3,8 @@
 Sources marked `shipped` read files in the repository's `data/` folder; the others read what the
 user downloaded into their own manual directory. Preparing a source runs the builder once
 (`download_and_prepare` with that manual directory; nothing is fetched from the network) and later
-calls reuse the prepared TFRecords under `data_dir`.
+calls, in this checkout or another sharing `data_dir`, reuse the prepared TFRecords as long as the
+source files hold the same bytes (`content_key`).
 
 Example:
     >>> SOURCES["gsm8k_programs"].shipped, SOURCES["infinitymath"].config
@@ -14,16 +15,20 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
 from tpu_train import tokenizer_files
 from tpu_train.data.builders import Gsm8k, Infinitymath, Mathinstruct
@@ -34,7 +39,7 @@ SHIPPED_TOKENIZER = (
 )  # what runs from scratch tokenize with
 # Prepared TFRecords are a cache: kept outside the repository, where TFDS keeps its own.
 DEFAULT_TFDS_DIR = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
-_STAMP = "source_stamp.json"
+PREPARED_DIR = "tpu_train"  # under data_dir: one directory per builder, config and content key
 _BUILDERS = {"infinitymath": Infinitymath, "mathinstruct": Mathinstruct, "gsm8k": Gsm8k}
 
 
@@ -76,6 +81,14 @@ def prepare(
 
     `manual_dir` defaults to the repository's `data/` for shipped sources; user-downloaded sources
     need it explicitly.
+
+    The prepared TFRecords live in `data_dir/tpu_train/<builder>-<config>-<content key>/`, keyed by a
+    hash of the source files' bytes and of the builder's version and config (`content_key`): two
+    checkouts sharing `~/tensorflow_datasets` with the same files (whatever their modification times)
+    share one prepared dataset, and changed files get a new one instead of rebuilding a dataset that
+    another run may be reading. A local build happens in a private temporary directory renamed into
+    place when complete, so a concurrent run sees the whole dataset or none; when two runs build at
+    once, the first rename wins and the other's copy is discarded.
     """
     spec = SOURCES[source] if isinstance(source, str) else source
     if manual_dir is None:
@@ -85,37 +98,64 @@ def prepare(
                 f"({_BUILDERS[spec.builder].MANUAL_DOWNLOAD_INSTRUCTIONS})"
             )
         manual_dir = SHIPPED_DIR
-    builder = make_builder(spec, data_dir, config)
-    stamp = source_stamp(builder, Path(manual_dir))
-    stamp_file = builder.data_path / _STAMP
-    if tf.io.gfile.exists(builder.data_path / "dataset_info.json"):
-        if tf.io.gfile.exists(stamp_file) and _read(stamp_file) == stamp:
-            return builder
-        logging.warning("%s: source files changed since preparation; rebuilding", builder.data_path)
-        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-    else:
-        mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir), download_mode=mode)
-    )
-    with tf.io.gfile.GFile(stamp_file, "w") as handle:
-        handle.write(stamp)
-    return make_builder(spec, data_dir, config)
+    probe = make_builder(spec, data_dir, config)
+    config_name = probe.builder_config.name if probe.builder_config else "default"
+    keyed = f"{probe.name}-{config_name}-{content_key(probe, Path(manual_dir))}"
+    root = os.path.join(str(data_dir), PREPARED_DIR)
+    final = os.path.join(root, keyed)
+    builder = make_builder(spec, final, config)
+    if tf.io.gfile.exists(os.path.join(str(builder.data_path), "dataset_info.json")):
+        return builder
+    download = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    if "://" in root:  # object stores have no directory rename: TFDS's own staging directory
+        builder.download_and_prepare(download_config=download)
+        return make_builder(spec, final, config)
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{keyed}.building-", dir=root)
+    try:
+        make_builder(spec, staging, config).download_and_prepare(download_config=download)
+        try:
+            os.rename(staging, final)
+        except OSError as err:  # another run renamed its build first: use that one
+            if not os.path.exists(os.path.join(str(builder.data_path), "dataset_info.json")):
+                raise OSError(
+                    f"{final}: could not move the prepared data into place: {err}"
+                ) from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return make_builder(spec, final, config)
 
 
-def source_stamp(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> str:
-    """Size and modification time of each source file: a changed file triggers a rebuild."""
-    entries = []
-    for name in builder.source_files():
-        path = manual_dir / name
-        info = path.stat() if path.exists() else None
-        entries.append([name, info.st_size if info else None, info.st_mtime_ns if info else None])
-    return json.dumps(entries)
+def content_key(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> str:
+    """A hash of what determines a prepared dataset: the builder's name, version and config fields, and
+    the bytes of each source file it reads from `manual_dir` (a missing file counts as missing, so the
+    builder itself reports it). Modification times play no part."""
+    cfg = builder.builder_config
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} if cfg else {}
+    files = [[name, _file_digest(manual_dir / name)] for name in builder.source_files()]
+    identity = {"builder": builder.name, "version": str(builder.version), "config": fields}
+    blob = json.dumps({**identity, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read(path: Path) -> str:
-    with tf.io.gfile.GFile(path) as handle:
-        return handle.read()
+@functools.lru_cache(maxsize=256)
+def _digest_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    del size, mtime_ns, inode  # the cache key: a file rewritten in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes (None: no such file); hashed once per process and file version, since
+    every task loading a split asks again."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return _digest_of(str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
