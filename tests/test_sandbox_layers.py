@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import struct
 
@@ -67,5 +69,33 @@ def test_root_without_capabilities_cannot_regain_them() -> None:
         except PermissionError:
             return
         raise RuntimeError("setgroups still allowed")
+
+    assert isolation._try_in_child(attempt) is None
+
+
+def test_filter_denies_signal_routing_fcntl_commands_only() -> None:
+    """F_SETOWN & co. fail with EPERM (the kernel never returns that for them on a pipe),
+    whatever the upper word of the command (the kernel reads an unsigned int); the other
+    fcntl commands still work."""
+    table = syscalls.syscall_table()
+    if table is None:
+        pytest.skip("no syscall table for this architecture")
+
+    def attempt() -> None:
+        read_end, write_end = os.pipe()
+        seccomp.install(seccomp.build_filter(os.getpid()))
+        for name, command in seccomp.FCNTL_DENIED.items():
+            for high in (0, 1 << 32):
+                try:
+                    syscalls.raw_syscall(table["fcntl"], read_end, high | command, os.getpid())
+                except OSError as exc:
+                    if exc.errno != errno.EPERM:
+                        raise RuntimeError(f"{name}: errno {exc.errno}, not EPERM") from None
+                else:
+                    raise RuntimeError(f"{name} (upper word {high:#x}) was allowed")
+        flags = fcntl.fcntl(write_end, fcntl.F_GETFL)
+        fcntl.fcntl(write_end, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        os.close(fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, 10))
+        os.kill(os.getpid(), 0)
 
     assert isolation._try_in_child(attempt) is None

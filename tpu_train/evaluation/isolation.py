@@ -9,7 +9,7 @@ Levels, weakest to strongest; each includes everything before it:
 * ``process``: a fresh forked child with rlimits (CPU, address space, file size, open files,
   core), an empty working directory, a scrubbed environment and stdin on /dev/null;
 * ``seccomp``: plus the seccomp filter of :mod:`tpu_train.evaluation.seccomp` (no sockets, no
-  process creation, no signals to others) and no_new_privs;
+  process creation, no signals to others, fcntl signal routing included) and no_new_privs;
 * ``landlock``: plus a Landlock filesystem allow-list (read the Python installation, write only
   the working directory), TCP and signal scoping where the kernel's ABI has them;
 * ``namespaced``: plus private network, IPC and UTS namespaces (no interface but a down
@@ -24,6 +24,7 @@ applies to non-root users.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
 import resource
@@ -154,6 +155,9 @@ def _probe_seccomp() -> None:
     seccomp.install(seccomp.build_filter(os.getpid()))
     _expect_denied(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM), "socket()")
     _expect_denied(lambda: os.kill(os.getppid(), 0), "kill(parent)")
+    read_end, _ = os.pipe()
+    _expect_denied(lambda: fcntl.fcntl(read_end, fcntl.F_SETOWN, os.getppid()), "F_SETOWN")
+    fcntl.fcntl(read_end, fcntl.F_GETFL)  # argument filtering must leave other commands alone
 
 
 def _read_only_paths() -> list[str]:

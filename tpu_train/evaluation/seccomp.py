@@ -8,7 +8,11 @@ verdict) instead of dying mysteriously. What it blocks:
 * sockets of every kind (no TCP, UDP, DNS or Unix sockets);
 * process creation (fork, vfork, clone without ``CLONE_THREAD``, clone3, execve, execveat);
   threads stay allowed because numpy and some stdlib modules start them;
-* signals to any process but itself (kill, tkill, tgkill, sigqueue, pidfd);
+* signals to any process but itself (kill, tkill, tgkill, sigqueue, pidfd), including the
+  indirect route through ``fcntl``: ``F_SETOWN``/``F_SETOWN_EX`` name a process to receive the
+  SIGIO of a descriptor and ``F_SETSIG`` makes that signal any signal, SIGKILL included, so a
+  pipe with ``O_ASYNC`` would kill whatever process it names; ``F_SETLEASE`` and ``F_NOTIFY``
+  deliver signals the same way and are denied with them;
 * changing file modes, owners, extended attributes or timestamps (Landlock does not cover
   metadata, and a child that keeps uid 0 without capabilities still owns root's files);
 * raising resource limits, ptrace and cross-process memory access, namespaces, mounts, kernel
@@ -39,6 +43,7 @@ _OFF_NR = 0
 _OFF_ARCH = 4
 _OFF_ARG0_LO = 16
 _OFF_ARG0_HI = 20
+_OFF_ARG1_LO = 24  # little-endian: the low word of args[1] (both described architectures)
 _X32_SYSCALL_BIT = 0x40000000
 
 DENIED = (
@@ -62,6 +67,16 @@ DENIED = (
 
 # Signal-sending calls whose first argument is the target; allowed only when it is ourselves.
 SELF_ONLY = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+
+# fcntl commands that route a signal to a process of the caller's choosing (see above). The
+# kernel reads the command as an unsigned int, so the low word of the argument is all it sees.
+FCNTL_DENIED = {
+    "F_SETOWN": 8,
+    "F_SETSIG": 10,
+    "F_SETOWN_EX": 15,
+    "F_SETLEASE": 1024,
+    "F_NOTIFY": 1026,
+}
 
 
 class _Assembler:
@@ -143,6 +158,12 @@ def build_filter(own_pid: int, arch: str | None = None) -> bytes:
         asm.emit(_JEQ_K, table[name], jt="self_only")
     asm.emit(_JEQ_K, table["clone"], jt="clone")
     asm.emit(_JEQ_K, table["clone3"], jt="enosys")
+    asm.emit(_JEQ_K, table["fcntl"], jt="fcntl")
+    asm.emit(_RET_K, RET_ALLOW)
+    asm.label("fcntl")
+    asm.emit(_LD_W_ABS, _OFF_ARG1_LO)
+    for command in FCNTL_DENIED.values():
+        asm.emit(_JEQ_K, command, jt="deny")
     asm.emit(_RET_K, RET_ALLOW)
     asm.label("self_only")
     asm.emit(_LD_W_ABS, _OFF_ARG0_LO)

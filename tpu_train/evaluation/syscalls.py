@@ -55,7 +55,7 @@ _X86_64 = {
     "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93, "lchown": 94, "utime": 132,
     "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197,
     "lremovexattr": 198, "fremovexattr": 199, "utimes": 235, "fchownat": 260,
-    "futimesat": 261, "fchmodat": 268, "utimensat": 280, "fchmodat2": 452,
+    "futimesat": 261, "fchmodat": 268, "utimensat": 280, "fchmodat2": 452, "fcntl": 72,
 }  # fmt: skip
 
 _AARCH64 = {
@@ -78,7 +78,7 @@ _AARCH64 = {
     "pidfd_open": 434, "clone3": 435, "pidfd_getfd": 438, "mount_setattr": 442,
     "capset": 91, "fchmod": 52, "fchmodat": 53, "fchownat": 54, "fchown": 55,
     "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
-    "fremovexattr": 16, "utimensat": 88, "fchmodat2": 452,
+    "fremovexattr": 16, "utimensat": 88, "fchmodat2": 452, "fcntl": 25,
 }  # fmt: skip
 
 # Landlock uses the generic syscall table, so the numbers agree on both architectures.
