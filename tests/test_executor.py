@@ -62,6 +62,35 @@ def test_verdicts(executor: Executor) -> None:
     assert len(results[5].stdout) <= 1000
 
 
+def test_answer_source_is_a_channel_the_program_defines(executor: Executor) -> None:
+    """The child declares the channels its program's text defines before running it; a report
+    naming another one (written by the program onto the result descriptor) is refused."""
+
+    def forge(frame: str) -> str:
+        return (
+            "import os, sys\nprint(42)\nsys.stdout.flush()\n"
+            f"os.write(3, b'{frame}\\n')\nos._exit(0)"
+        )
+
+    programs = [
+        forge('{"status": "ok", "answer": "42", "answer_source": "solution()"}'),
+        forge('{"status": "ok", "answer": "7", "answer_source": "stdout"}'),
+        forge('{"status": "syntax", "error_type": "SyntaxError"}'),
+        "solution = lambda: 5",  # bound by assignment: still a solution() channel
+        "globals()['ans'] = 3\nprint(4)",  # bound only dynamically: not a channel
+        "import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)",  # CPU limit not reached
+    ]
+    got = [(r.verdict, r.answer, r.answer_source, r.error_type) for r in executor.run(programs)]
+    assert got == [
+        ("runtime_error", None, None, "InvalidResultFrame"),
+        ("runtime_error", None, None, "InvalidResultFrame"),
+        ("runtime_error", None, None, "InvalidResultFrame"),
+        ("ok", "5", "solution()", None),
+        ("ok", "4", "stdout", None),
+        ("crash", None, None, "SIGXCPU"),
+    ]
+
+
 def test_cpu_limit_verdict() -> None:
     config = ExecutorConfig(timeout_s=15.0, cpu_s=1.0, workers=1)  # wall >> CPU: load-proof
     with Executor(config) as ex:

@@ -25,6 +25,14 @@ MAX_RESULT_BYTES = 1 << 20
 _HIGH_FD = 100
 
 
+def _reached(cpu_s: float, limit_s: float) -> bool:
+    """Whether a child's CPU time reached ``limit_s``, as far as ``wait4`` can tell: the
+    kernel enforces RLIMIT_CPU on its own sampled clock, and a child it killed at 1 s can
+    show 0.9 s in its rusage. A quarter of the limit (at least half a second) of slack still
+    tells a program that signalled itself at the start from one that ran out of time."""
+    return cpu_s >= limit_s - max(0.5, limit_s / 4)
+
+
 def _preload(extra: list[str]) -> dict:
     """Import and exercise the maths stack so each forked child starts warm."""
     import decimal
@@ -120,9 +128,12 @@ def _start_child(
 
 
 def _collect(
-    pid: int, out_r: int, res_r: int, timeout_s: float, output_bytes: int, hard_cpu_s: float
+    pid: int, out_r: int, res_r: int, timeout_s: float, output_bytes: int, soft_cpu_s: float
 ) -> dict:
-    """Read a child's output under the deadline and turn its fate into a verdict."""
+    """Read a child's output under the deadline and turn its fate into a verdict.
+
+    ``soft_cpu_s`` is the child's soft CPU limit (the hard one is a second above it).
+    """
     start = time.monotonic()
     deadline = start + timeout_s
     pidfd = os.pidfd_open(pid)
@@ -160,51 +171,100 @@ def _collect(
     for fd in (out_r, res_r, pidfd):
         os.close(fd)
     stdout = bytes(buffers[out_r][:output_bytes]).decode("utf-8", errors="replace")
-    cpu_s = usage.ru_utime + usage.ru_stime
-    result = _verdict(killed_for, status, cpu_s >= hard_cpu_s, bytes(buffers[res_r]), stdout)
+    cpu = (usage.ru_utime + usage.ru_stime, soft_cpu_s, soft_cpu_s + 1)
+    result = _verdict(killed_for, status, cpu, bytes(buffers[res_r]), stdout)
     result["stdout"] = stdout
     result["seconds"] = seconds
     return result
 
 
+def _signal_verdict(sig: int, cpu_s: float, soft_cpu_s: float, hard_cpu_s: float) -> dict:
+    # A program can send itself SIGXCPU: only a child that used its CPU time ran out of it.
+    if sig == signal.SIGXCPU and _reached(cpu_s, soft_cpu_s):
+        return {"verdict": "cpu_limit"}
+    if sig == signal.SIGXFSZ:
+        return {"verdict": "file_limit"}
+    if sig == signal.SIGKILL and _reached(cpu_s, hard_cpu_s):
+        return {"verdict": "cpu_limit"}  # ignored SIGXCPU, then hit the hard limit
+    return {"verdict": "crash", "error_type": signal.Signals(sig).name}
+
+
+def _split_lines(frame_bytes: bytes) -> tuple[dict, dict | None]:
+    """(declaration, report) from the child's result bytes; ProtocolError when malformed.
+
+    The declaration is the first line, written before the program ran; everything after it is
+    the report and must be exactly one more JSON line (the program may have written to the
+    descriptor, so nothing after the first line is taken on trust).
+    """
+    head, newline, rest = frame_bytes.partition(b"\n")
+    if not newline:
+        raise protocol.ProtocolError("no declaration line")
+    declaration = protocol.decode(head)
+    if not rest:
+        return declaration, None
+    body, newline, tail = rest.partition(b"\n")
+    if not newline or tail:
+        raise protocol.ProtocolError("report is not exactly one line")
+    return declaration, protocol.decode(body)
+
+
+def _declared_channels(declaration: dict) -> list[str]:
+    sources = declaration.get("channels")
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise protocol.ProtocolError("declaration without a channel list")
+    return sources
+
+
 def _verdict(
-    killed_for: str | None, status: int, cpu_exhausted: bool, frame_bytes: bytes, stdout: str
+    killed_for: str | None,
+    status: int,
+    cpu: tuple[float, float, float],
+    frame_bytes: bytes,
+    stdout: str,
 ) -> dict:
+    """The verdict from what the worker saw (kill reason, exit status, CPU time, stdout) and
+    what the child wrote, checked against the child's pre-run declaration."""
     if killed_for in ("timeout", "output_limit"):
         return {"verdict": killed_for}
     if killed_for == "result_limit":
         return {"verdict": "runtime_error", "error_type": "ResultTooLarge"}
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU:
-            return {"verdict": "cpu_limit"}
-        if sig == signal.SIGXFSZ:
-            return {"verdict": "file_limit"}
-        if sig == signal.SIGKILL and cpu_exhausted:
-            return {"verdict": "cpu_limit"}  # ignored SIGXCPU, then hit the hard limit
-        return {"verdict": "crash", "error_type": signal.Signals(sig).name}
+        return _signal_verdict(os.WTERMSIG(status), *cpu)
     code = os.waitstatus_to_exitcode(status)
     if code == child.EXIT_NO_FRAME + 1:
         return {"verdict": "sandbox_error", "error_type": "ConfinementFailed"}
-    if code != 0:
-        return {"verdict": "runtime_error", "error_type": f"ExitStatus{code}"}
     try:
-        frame = protocol.decode(frame_bytes)
-        status_name = protocol.string_field(frame, "status")
-        error_type = protocol.string_field(frame, "error_type", optional=True)
-        answer = protocol.string_field(frame, "answer", optional=True)
-        source = protocol.string_field(frame, "answer_source", optional=True)
+        declaration, report = _split_lines(frame_bytes)
+        declared = protocol.string_field(declaration, "status")
+        if declared == "syntax":  # decided before the program ran; nothing after it counts
+            error_type = protocol.string_field(declaration, "error_type", optional=True)
+            return {"verdict": "syntax_error", "error_type": error_type}
+        if declared != "compiled":
+            raise protocol.ProtocolError(f"declaration status {declared!r}")
+        sources = _declared_channels(declaration)
+        if code != 0:
+            return {"verdict": "runtime_error", "error_type": f"ExitStatus{code}"}
+        if report is None:
+            raise protocol.ProtocolError("no report line")
+        status_name = protocol.string_field(report, "status")
+        error_type = protocol.string_field(report, "error_type", optional=True)
+        answer = protocol.string_field(report, "answer", optional=True)
+        source = protocol.string_field(report, "answer_source", optional=True)
+        if status_name == "ok" and (answer is None) != (source is None):
+            raise protocol.ProtocolError("answer and answer_source disagree")
+        if source is not None and source not in sources:
+            raise protocol.ProtocolError(f"answer_source {source!r} was not declared")
     except protocol.ProtocolError:
+        if code != 0:
+            return {"verdict": "runtime_error", "error_type": f"ExitStatus{code}"}
         return {"verdict": "runtime_error", "error_type": "InvalidResultFrame"}
-    if status_name == "syntax":
-        return {"verdict": "syntax_error", "error_type": error_type}
     if status_name == "error":
         if error_type == "MemoryError":
             return {"verdict": "memory_limit", "error_type": error_type}
         return {"verdict": "runtime_error", "error_type": error_type}
     if status_name != "ok":
         return {"verdict": "runtime_error", "error_type": "InvalidResultFrame"}
-    if answer is None:
+    if answer is None:  # the stdout channel is the worker's own reading, never the child's
         lines = [line.strip() for line in stdout.splitlines() if line.strip()]
         if lines:
             answer, source = lines[-1][: child.MAX_ANSWER_CHARS], "stdout"
@@ -244,8 +304,8 @@ def _handle(request: dict, plan: isolation.Plan, functions: dict, config: dict, 
     timeout_s = float(request.get("timeout_s") or config["timeout_s"])
     pid, out_r, res_r = _start_child(plan, task, *fds, fork)
     try:
-        hard_cpu_s = max(1, math.ceil(config["cpu_s"])) + 1
-        return _collect(pid, out_r, res_r, timeout_s, config["output_bytes"], hard_cpu_s)
+        soft_cpu_s = max(1, math.ceil(config["cpu_s"]))
+        return _collect(pid, out_r, res_r, timeout_s, config["output_bytes"], soft_cpu_s)
     finally:
         _clean_workdir(plan.workdir)
 
