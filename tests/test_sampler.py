@@ -216,14 +216,47 @@ def test_stop_reasons(tiny, sampler):
     assert (c.stop_reason, c.tokens) == ("eos", free[0].tokens[: first + 1])
 
     # cache_full: 20 prompt tokens in 24 slots leave room for 5 tokens (the last needs no slot).
-    small = Sampler(model, eos_ids=(), cache_size=24)
-    out = small.generate([prompts[3], prompts[0], [1] * 30], SamplingParams(max_new_tokens=NEW))
-    assert [c.stop_reason for c in out] == ["cache_full"] * 3
-    assert out[0].tokens == free[3].tokens[:5]
-    assert out[1].tokens == free[0].tokens[:5]  # shares the batch's slots: padded to 20 as well
-    assert out[2].tokens == ()  # longer than the cache: nothing generated, never truncated
-    exact = small.generate([prompts[3]], SamplingParams(max_new_tokens=5))
-    assert exact[0].stop_reason == "max_new_tokens"
+    for continuous in (True, False):
+        small = Sampler(model, eos_ids=(), cache_size=24, continuous=continuous)
+        out = small.generate([prompts[3], prompts[0], [1] * 30], SamplingParams(max_new_tokens=NEW))
+        assert out[0].stop_reason == "cache_full" and out[0].tokens == free[3].tokens[:5]
+        if continuous:  # prompt 0 has its own padding (3 slots): room for all its tokens
+            assert (out[1].stop_reason, out[1].tokens) == ("max_new_tokens", free[0].tokens)
+        else:  # it shares the static batch's slots: padded to 20 as well
+            assert (out[1].stop_reason, out[1].tokens) == ("cache_full", free[0].tokens[:5])
+        assert (out[2].stop_reason, out[2].tokens) == ("cache_full", ())  # longer than the cache
+        exact = small.generate([prompts[3]], SamplingParams(max_new_tokens=5))
+        assert exact[0].stop_reason == "max_new_tokens"
+
+
+def test_continuous_batching_refills_rows_and_equals_static_batches(tiny):
+    """More prompts than rows, finishing at different steps (EOS after different counts): rows are
+    refilled mid-decode, and greedy output equals the static sampler's and each prompt decoded alone."""
+    model, _, prompts = tiny
+    many = [*prompts, *[p[: max(2, len(p) // 2)] for p in prompts], prompts[0] + prompts[2]]
+    alone = [
+        Sampler(model, eos_ids=()).generate([p], SamplingParams(max_new_tokens=NEW))[0]
+        for p in many
+    ]
+    # EOS = a token that shows up early in some rows and late or never in others.
+    eos = alone[1].tokens[2]
+    params = SamplingParams(max_new_tokens=NEW)
+    static = Sampler(model, eos_ids=(eos,), batch_size=4, continuous=False).generate(many, params)
+    rows = Sampler(model, eos_ids=(eos,), batch_size=2).generate(many, params)
+    assert rows == static
+    lengths = {len(c.tokens) for c in rows}
+    assert len(lengths) > 1 and "eos" in {c.stop_reason for c in rows}  # rows did finish unevenly
+    for c, a in zip(rows, alone, strict=True):
+        cut = a.tokens.index(eos) + 1 if eos in a.tokens else NEW
+        assert c.tokens == a.tokens[:cut]
+
+
+def test_continuous_samples_do_not_depend_on_the_rows(tiny):
+    """Each prompt draws with its own key: the same samples on 1, 2 or 8 rows."""
+    model, _, prompts = tiny
+    outs = [Sampler(model, eos_ids=(), batch_size=n).generate(prompts, NUCLEUS) for n in (1, 2, 8)]
+    assert outs[0] == outs[1] == outs[2]
+    assert len({c.tokens for c in outs[0]}) == len(prompts)
 
 
 def test_stop_strings(tiny):

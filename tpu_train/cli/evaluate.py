@@ -54,6 +54,13 @@ _LIMIT = flags.DEFINE_integer(
 )
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "tokens sampled per answer", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch_size", 16, "prompts decoded together", lower_bound=1)
+_BATCHING = flags.DEFINE_enum(
+    "batching",
+    "continuous",
+    ["continuous", "static"],
+    "continuous: a finished row takes the next prompt at once; static: length-sorted batches, each "
+    "decoded until its slowest row is done (same greedy output, slower)",
+)
 _PROMPT_FORMAT = flags.DEFINE_enum(
     "prompt_format",
     "",
@@ -104,7 +111,13 @@ def _evaluate_model() -> None:
     if tokenizer is None:
         raise app.UsageError(f"no tokenizer.json or tokenizer.model in {directory}")
     prompt_format = resolve_format(_PROMPT_FORMAT.value, directory)
-    sampler = Sampler(model, tokenizer=tokenizer, eos_ids=eos_ids, batch_size=_BATCH.value)
+    sampler = Sampler(
+        model,
+        tokenizer=tokenizer,
+        eos_ids=eos_ids,
+        batch_size=_BATCH.value,
+        continuous=_BATCHING.value == "continuous",
+    )
     params = SamplingParams(max_new_tokens=_MAX_NEW.value, stop=prompt_format.stop)
 
     def generate(prompts: list[str]) -> list[str]:

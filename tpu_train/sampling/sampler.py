@@ -4,28 +4,33 @@
     [c] = sampler.generate(["What is 2 + 3?"], SamplingParams(max_new_tokens=64, stop=("###",)))
     c.text, c.stop_reason, len(c.tokens)
 
-How a batch runs:
-  1. Prompts are sorted by length and cut into batches of `batch_size` rows (results come back in input
-     order). Each batch is *left*-padded to P = its longest prompt rounded up to `prompt_bucket` (fewer
-     recompilations), and the cache gets S = min(P + max_new_tokens, cache_size) slots.
-  2. `prefill` runs all prompts through the model in one pass and draws the first tokens; `decode` then
-     runs a `lax.while_loop` that adds one token per running row until every row is done.
-  3. EOS, max_new_tokens and a full cache are detected on the device. Stop strings are matched on the
-     decoded text on the host: with stop strings the loop returns every `stop_check_every` steps, rows that
-     produced one are marked done, and the loop resumes while any row runs. The text is cut before the
-     stop string; `tokens` keep everything up to the token that completed it.
+Two schedules, with the same greedy output:
+
+* continuous (the default, `slots.py`): `batch_size` decode rows share one KV cache ring of
+  S = min(longest padded prompt + max_new_tokens, cache_size) slots. Each prompt is prefilled on its own,
+  left-padded to a multiple of `prompt_bucket` (few shapes to compile), into a free row; a
+  `lax.while_loop` adds one token per running row and returns to the host as soon as a row finishes while
+  prompts wait, so the row is refilled while the others keep decoding. Randomness is per prompt:
+  `fold_in(key(seed), prompt_number)`, then one `fold_in` per token.
+* static (`continuous=False`): prompts are sorted by length and cut into batches of `batch_size` rows;
+  each batch is left-padded to its longest prompt (rounded up to `prompt_bucket`), prefilled in one
+  pass, and decoded until every row is done, so rows that finish early idle behind the slowest.
+  Randomness: `fold_in(key(seed), batch_number)`, then one `fold_in` per step.
+
+Either way EOS, max_new_tokens and a full cache are detected on the device. Stop strings are matched on
+the decoded text on the host: with stop strings the loop returns every `stop_check_every` steps, rows
+that produced one are marked done, and decoding resumes. The text is cut before the stop string; `tokens`
+keep everything up to the token that completed it. Results come back in input order.
 
 A prompt longer than the cache cannot be sampled at all and reports `cache_full` with no tokens; a row
-that runs out of slots mid-generation reports `cache_full` with what it produced. Left padding means the
-rows of one batch share the slots: a short prompt next to a long one gets at most S - P + 1 tokens (the
-longest prompt of the batch sets P; batches are length-sorted to keep this waste small).
-
-Randomness: each batch draws with `fold_in(key(seed), batch_number)` and then one `fold_in` per step, so
-the same prompts, settings and seed give the same samples on any mesh.
+that runs out of slots mid-generation reports `cache_full` with what it produced (a row padded to P gets
+at most S - P + 1 tokens; in a static batch the longest prompt sets P for every row).
+The same prompts, settings and seed give the same samples on any mesh.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Sequence
 
@@ -36,6 +41,7 @@ from flax import nnx
 
 from tpu_train.model.llama import Llama
 from tpu_train.sampling import decode as dec
+from tpu_train.sampling import slots
 from tpu_train.sampling.sampling_params import (
     CACHE_FULL,
     EOS,
@@ -63,6 +69,9 @@ class Sampler:
             faster (XLA's CPU backend copies each layer's weights and cache slice out of the stacks
             on every step), scanned elsewhere (constant compile time in depth). The model is converted to
             the chosen layout once, which copies its parameters.
+        continuous: continuous batching (default): `batch_size` decode rows, each handed the next prompt
+            as soon as it finishes (`slots.py`). False: static batches of length-sorted prompts, each
+            decoded until its slowest row is done. Greedy output is the same either way.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class Sampler:
         prompt_bucket: int = 64,
         stop_check_every: int = 32,
         unroll_layers: bool | None = None,
+        continuous: bool = True,
     ):
         if unroll_layers is None:
             unroll_layers = jax.default_backend() == "cpu"
@@ -87,6 +97,7 @@ class Sampler:
         self.cache_size = cache_size or self.cfg.max_seq_len
         self.batch_size, self.prompt_bucket = batch_size, prompt_bucket
         self.stop_check_every = stop_check_every
+        self.continuous = continuous
         self._graphdef, self._params = nnx.split(model)
 
     def _prefill(self, *args, spec: dec.DecodeSpec) -> dec.DecodeState:
@@ -118,8 +129,14 @@ class Sampler:
         for i, seq in enumerate(ids):
             if len(seq) > self.cache_size:  # cannot even be prefilled: nothing generated
                 results[i] = Completion((), CACHE_FULL, "" if self.tokenizer else None)
-        order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(ids[i]))
         key = jax.random.key(params.seed)
+        if self.continuous:
+            order = [i for i, r in enumerate(results) if r is None]
+            if order:
+                for i, completion in self._generate_continuous(ids, order, params, key).items():
+                    results[i] = completion
+            return results  # type: ignore[return-value]
+        order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(ids[i]))
         for batch_number, start in enumerate(range(0, len(order), self.batch_size)):
             members = order[start : start + self.batch_size]
             # Rows rounded up to a power of two: few shapes to compile, and a short last batch does not
@@ -134,18 +151,8 @@ class Sampler:
     def _generate_batch(
         self, seqs: list[list[int]], rows: int, params: SamplingParams, key: jax.Array
     ) -> list[Completion]:
-        longest = max(len(s) for s in seqs)
-        length = -(-longest // self.prompt_bucket) * self.prompt_bucket
-        if length + params.max_new_tokens > self.cache_size:
-            length = longest  # rounding up would only take slots away from generation
-        spec = dec.DecodeSpec(
-            max_new_tokens=params.max_new_tokens,
-            cache_size=min(length + params.max_new_tokens, self.cache_size),
-            eos_ids=self.eos_ids,
-            greedy=params.greedy,
-            top_k=params.top_k,
-            use_top_p=params.top_p < 1.0,
-        )
+        length = self._padded_length(max(len(s) for s in seqs), params)
+        spec = self._spec(min(length + params.max_new_tokens, self.cache_size), params)
         prompts = np.zeros((rows, length), np.int32)
         padding = np.full((rows,), length, np.int32)  # filler rows: all padding
         active = np.zeros((rows,), bool)
@@ -189,16 +196,110 @@ class Sampler:
             if done.all():
                 break
         reasons = jax.device_get(state.reason)
-        out = []
-        for b in range(len(seqs)):
-            if b in stopped:
-                kept, text = stopped[b]
-                out.append(Completion(tuple(int(t) for t in tokens[b, :kept]), STOP_STRING, text))
-                continue
-            reason = REASON_NAMES[int(reasons[b])]
-            generated = tuple(int(t) for t in tokens[b, : count[b]])
-            out.append(Completion(generated, reason, self._text(generated, reason)))
-        return out
+        return [
+            self._completion(tokens[b], count[b], reasons[b], stopped.get(b))
+            for b in range(len(seqs))
+        ]
+
+    def _completion(
+        self, tokens: np.ndarray, count: int, reason: int, stopped: tuple[int, str] | None
+    ) -> Completion:
+        """A row's result: cut at its stop string when it produced one (`stopped`: tokens kept, text)."""
+        if stopped is not None:
+            kept, text = stopped
+            return Completion(tuple(int(t) for t in tokens[:kept]), STOP_STRING, text)
+        name = REASON_NAMES[int(reason)]
+        generated = tuple(int(t) for t in tokens[:count])
+        return Completion(generated, name, self._text(generated, name))
+
+    def _padded_length(self, length: int, params: SamplingParams) -> int:
+        """A prompt's padded length: rounded up to `prompt_bucket` unless that takes generation slots."""
+        padded = -(-length // self.prompt_bucket) * self.prompt_bucket
+        return length if padded + params.max_new_tokens > self.cache_size else padded
+
+    def _spec(self, cache_size: int, params: SamplingParams) -> dec.DecodeSpec:
+        return dec.DecodeSpec(
+            max_new_tokens=params.max_new_tokens,
+            cache_size=cache_size,
+            eos_ids=self.eos_ids,
+            greedy=params.greedy,
+            top_k=params.top_k,
+            use_top_p=params.top_p < 1.0,
+        )
+
+    def _generate_continuous(
+        self, ids: list[list[int]], order: list[int], params: SamplingParams, key: jax.Array
+    ) -> dict[int, Completion]:
+        """Continuous batching (`slots.py`): `batch_size` rows; a row that finishes takes the next prompt
+        while the others keep decoding. Returns {prompt number: completion}."""
+        rows = min(self.batch_size, _next_power_of_two(len(order)))
+        padded = {i: self._padded_length(len(ids[i]), params) for i in order}
+        spec = self._spec(
+            min(max(padded.values()) + params.max_new_tokens, self.cache_size), params
+        )
+        temperature = jnp.float32(params.temperature if params.temperature > 0 else 1.0)
+        top_p = jnp.float32(params.top_p)
+        state = _empty_slots_jit(self._params, graphdef=self._graphdef, rows=rows, spec=spec)
+        queue, free = collections.deque(order), list(range(rows))
+        occupant: dict[int, int] = {}  # row -> prompt number
+        checked = np.zeros((rows,), np.int64)  # tokens of each row known to hold no stop string
+        every = self.stop_check_every if params.stop else 1 << 30
+        results: dict[int, Completion] = {}
+        while queue or occupant:
+            while free and queue:
+                i, row = queue.popleft(), free.pop(0)
+                prompt = np.zeros((1, padded[i]), np.int32)
+                prompt[0, padded[i] - len(ids[i]) :] = ids[i]
+                state = _admit_jit(
+                    self._params,
+                    state,
+                    self._place_rows(prompt),
+                    jnp.int32(padded[i] - len(ids[i])),
+                    jnp.int32(row),
+                    jax.random.fold_in(key, i),
+                    temperature,
+                    top_p,
+                    graphdef=self._graphdef,
+                    spec=spec,
+                )
+                occupant[row], checked[row] = i, 0
+            done = np.asarray(jax.device_get(state.done))
+            if not done.all():
+                # Back to the host when a row frees up while prompts wait (else when all are done),
+                # and every `stop_check_every` steps to look for stop strings.
+                target = int(done.sum()) + 1 if queue else rows
+                until = jnp.int32(min(int(state.steps) + every, (1 << 31) - 1))
+                state = _decode_slots_jit(
+                    self._params,
+                    state,
+                    until,
+                    jnp.int32(target),
+                    temperature,
+                    top_p,
+                    graphdef=self._graphdef,
+                    spec=spec,
+                )
+            done, count, tokens, reasons = jax.device_get(
+                (state.done, state.count, state.tokens, state.reason)
+            )
+            done, stopped = np.array(done), {}
+            for row in occupant:
+                if params.stop and count[row] > checked[row]:
+                    found = self._find_stop(
+                        tokens[row, : count[row]], int(checked[row]), params.stop
+                    )
+                    checked[row] = count[row]
+                    if found is not None:
+                        stopped[row] = found
+                        done[row] = True
+            for row in [r for r in occupant if done[r]]:
+                results[occupant.pop(row)] = self._completion(
+                    tokens[row], count[row], reasons[row], stopped.get(row)
+                )
+                free.append(row)
+            if stopped:  # rows the host stopped: the device must treat them as done (free) too
+                state = state._replace(done=self._place_rows(done))
+        return results
 
     def _place_rows(self, x: np.ndarray) -> jax.Array:
         if self.sharder is None:
@@ -234,6 +335,23 @@ class Sampler:
 def _prefill_jit(params, prompts, padding, active, key, temperature, top_p, *, graphdef, spec):
     model = nnx.merge(graphdef, params)
     return dec.prefill(model, prompts, padding, active, key, temperature, top_p, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "rows", "spec"))
+def _empty_slots_jit(params, *, graphdef, rows, spec):
+    return slots.empty_state(nnx.merge(graphdef, params), rows, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
+def _admit_jit(params, state, prompt, padding, row, key, temperature, top_p, *, graphdef, spec):
+    model = nnx.merge(graphdef, params)
+    return slots.admit(model, state, prompt, padding, row, key, temperature, top_p, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
+def _decode_slots_jit(params, state, until, free_target, temperature, top_p, *, graphdef, spec):
+    model = nnx.merge(graphdef, params)
+    return slots.decode(model, state, until, free_target, temperature, top_p, spec)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
