@@ -142,10 +142,12 @@ def test_worker_crash_becomes_a_verdict() -> None:
 
 
 def test_refuses_below_minimum_isolation() -> None:
-    config = ExecutorConfig(workers=1, max_isolation="process", min_isolation="seccomp")
+    # The default minimum is the weakest level that confines files: seccomp alone is refused.
+    assert ExecutorConfig().min_isolation == "landlock"
+    config = ExecutorConfig(workers=1, max_isolation="seccomp")
     with pytest.raises(SandboxUnavailable, match="below the required"):
         Executor(config)
-    weak = dataclasses.replace(config, allow_weaker=True)
+    weak = dataclasses.replace(config, max_isolation="process", allow_weaker=True)
     with Executor(weak) as ex:
         (result,) = ex.run(["ans = 1"])
     assert result.isolation_level == "process" and "seccomp" not in result.layers

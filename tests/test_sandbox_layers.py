@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from tpu_train.evaluation import isolation, protocol, seccomp, syscalls
+from tpu_train.evaluation import isolation, mounts, protocol, seccomp, syscalls, worker
 
 
 def test_filter_template_patches_only_the_pid() -> None:
@@ -99,3 +99,65 @@ def test_filter_denies_signal_routing_fcntl_commands_only() -> None:
         os.kill(os.getpid(), 0)
 
     assert isolation._try_in_child(attempt) is None
+
+
+def test_private_view_is_read_only_with_a_capped_tmpfs(tmp_path) -> None:
+    """In its own mount namespace (a throwaway child): nothing outside the workdir can be
+    created, removed or written, and the workdir holds ``disk_bytes`` however many files."""
+    workdir, outside = tmp_path / "work", tmp_path / "outside.txt"
+    workdir.mkdir()
+    outside.write_text("keep")
+
+    def attempt() -> None:
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+        except PermissionError:
+            raise RuntimeError("no mount namespace") from None
+        mounts.enter_private_view(str(workdir), 1 << 20)
+        mounts.check_private_view(str(workdir), 1 << 20)
+        for action in (
+            lambda: outside.write_text("changed"),
+            lambda: outside.unlink(),
+            lambda: (tmp_path / "new").mkdir(),
+        ):
+            try:
+                action()
+            except OSError as exc:
+                assert exc.errno == errno.EROFS, exc
+            else:
+                raise RuntimeError("a write outside the workdir succeeded")
+        written = 0
+        try:
+            for index in range(8):
+                (workdir / f"f{index}").write_bytes(b"x" * (256 << 10))
+                written += 1
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        assert 3 <= written <= 4, written  # 1 MiB holds four 256 KiB files, not five
+
+    problem = isolation._try_in_child(attempt)
+    if problem and "no mount namespace" in problem:
+        pytest.skip("no mount namespace can be created here")
+    assert problem is None, problem
+    assert outside.read_text() == "keep" and list(workdir.iterdir()) == []
+
+
+def test_clean_workdir_empties_any_tree(tmp_path) -> None:
+    """Deeper than PATH_MAX and Python's recursion limit; symlinks are removed, not followed."""
+    workdir, target = tmp_path / "work", tmp_path / "target.txt"
+    workdir.mkdir()
+    target.write_text("keep")
+    (workdir / "link").symlink_to(target)
+    (workdir / "dirlink").symlink_to(tmp_path)
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    for depth in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        if depth % 1000 == 0:
+            os.close(os.open("file", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+    worker._clean_workdir(str(workdir))
+    assert list(workdir.iterdir()) == []
+    assert target.read_text() == "keep" and (tmp_path / "work").is_dir()

@@ -16,7 +16,7 @@ import time
 from absl import app, flags
 
 from tpu_train.cli import run_main
-from tpu_train.evaluation import grader, numbers
+from tpu_train.evaluation import grader, isolation, numbers
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
 from tpu_train.evaluation.pipeline import InputError, read_jsonl
 
@@ -29,8 +29,12 @@ _TIMEOUT = flags.DEFINE_float("timeout", 5.0, "Wall-clock seconds per program.")
 _MEMORY_MB = flags.DEFINE_integer("memory_mb", 2048, "Address-space limit per program (MiB).")
 _OUTPUT_KB = flags.DEFINE_integer("output_kb", 64, "Stdout kept per program (KiB).")
 _MIN_ISOLATION = flags.DEFINE_enum(
-    "min_isolation", "seccomp", ["process", "seccomp", "landlock", "namespaced"],
-    "Refuse to run below this isolation level.",
+    "min_isolation", ExecutorConfig.min_isolation, list(isolation.LEVELS),
+    "Refuse to run below this isolation level (the default is the weakest that confines files).",
+)  # fmt: skip
+_MAX_ISOLATION = flags.DEFINE_enum(
+    "max_isolation", ExecutorConfig.max_isolation, list(isolation.LEVELS),
+    "Try no layer above this level (to see how programs fare on a weaker machine).",
 )  # fmt: skip
 _ALLOW_WEAKER = flags.DEFINE_bool("allow_weaker", False, "Run even below --min_isolation.")
 
@@ -108,6 +112,7 @@ def main(argv: list[str]) -> None:
         output_bytes=_OUTPUT_KB.value << 10,
         workers=_WORKERS.value,
         min_isolation=_MIN_ISOLATION.value,
+        max_isolation=_MAX_ISOLATION.value,
         allow_weaker=_ALLOW_WEAKER.value,
     )
     try:  # an unwritable --output fails now, before any program runs

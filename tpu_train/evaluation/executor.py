@@ -61,17 +61,25 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ExecutorConfig:
-    """Limits and pool settings. ``cpu_s`` defaults to the wall-clock timeout plus one second."""
+    """Limits and pool settings. ``cpu_s`` defaults to the wall-clock timeout plus one second.
+
+    ``min_isolation`` defaults to ``landlock``, the weakest level that confines files (below it
+    a program can write wherever its uid can); ``max_isolation`` caps the levels tried, which
+    is how the tests exercise the weaker ones. ``file_bytes`` caps each file a program writes,
+    ``disk_bytes`` all of them together (the tmpfs of the ``namespaced`` level; at ``landlock``
+    the working directory is read-only instead).
+    """
 
     timeout_s: float = 5.0
     memory_bytes: int = 2 << 30
     output_bytes: int = 64 << 10
     workers: int = 2
-    min_isolation: str = "seccomp"
+    min_isolation: str = "landlock"
     allow_weaker: bool = False
     max_isolation: str = "namespaced"
     cpu_s: float | None = None
     file_bytes: int = 16 << 20
+    disk_bytes: int = 64 << 20
     open_files: int = 64
     preload_math_verify: bool = False
 
@@ -80,6 +88,8 @@ class ExecutorConfig:
         isolation.level_rank(self.max_isolation)
         if self.timeout_s <= 0 or self.workers < 1 or self.output_bytes < 1:
             raise ValueError(f"invalid executor config: {self}")
+        if self.disk_bytes < 1 << 20:
+            raise ValueError(f"disk_bytes must be at least 1 MiB: {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +142,7 @@ class Executor:
             "cpu_s": cfg.cpu_s if cfg.cpu_s is not None else cfg.timeout_s + 1,
             "memory_bytes": cfg.memory_bytes,
             "file_bytes": cfg.file_bytes,
+            "disk_bytes": cfg.disk_bytes,
             "open_files": cfg.open_files,
             "output_bytes": cfg.output_bytes,
             "max_level": cfg.max_isolation,

@@ -10,15 +10,22 @@ Levels, weakest to strongest; each includes everything before it:
   core), an empty working directory, a scrubbed environment and stdin on /dev/null;
 * ``seccomp``: plus the seccomp filter of :mod:`tpu_train.evaluation.seccomp` (no sockets, no
   process creation, no signals to others, fcntl signal routing included) and no_new_privs;
-* ``landlock``: plus a Landlock filesystem allow-list (read the Python installation, write only
-  the working directory), TCP and signal scoping where the kernel's ABI has them;
-* ``namespaced``: plus private network, IPC and UTS namespaces (no interface but a down
-  loopback, so no traffic of any kind can leave).
+* ``landlock``: plus a Landlock filesystem allow-list (read the Python installation, nothing
+  else; the working directory is read-only too, since without a mount namespace nothing could
+  cap the bytes written there), TCP and signal scoping where the kernel's ABI has them;
+* ``namespaced``: plus private network, IPC, UTS and mount namespaces: no interface but a down
+  loopback (no traffic of any kind can leave), every mount read-only, and the working
+  directory a tmpfs of ``disk_bytes`` (:mod:`tpu_train.evaluation.mounts`), which Landlock
+  lets the program write.
+
+Only ``landlock`` and above confine files: below it a child can write wherever its uid can,
+which is why the executor refuses those levels unless told otherwise (see the README's table).
 
 Where the worker runs as root, children also give up root: they become uid ``nobody`` when
 ``nobody`` can read the Python installation, and otherwise keep uid 0 with every capability
-dropped (a pyenv Python under a 0700 /root, say). Neither changes the level, since neither
-applies to non-root users.
+dropped (a pyenv Python under a 0700 /root, say). Where the worker needed a user namespace of
+its own for the other namespaces, children drop the capabilities it gave them. None of this
+changes the level, since none of it applies everywhere.
 """
 
 from __future__ import annotations
@@ -32,11 +39,13 @@ import signal
 import socket
 import sys
 
-from tpu_train.evaluation import landlock, seccomp, syscalls
+from tpu_train.evaluation import landlock, mounts, seccomp, syscalls
 
 LEVELS = ("process", "seccomp", "landlock", "namespaced")
 NOBODY = 65534
-_NAMESPACES = syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS
+_NAMESPACES = (
+    syscalls.CLONE_NEWNET | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWNS
+)
 
 
 def level_rank(level: str) -> int:
@@ -185,6 +194,13 @@ def _read_only_paths() -> list[str]:
 _DEVICES = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
 
 
+def _build_ruleset(workdir: str, writable_workdir: bool) -> landlock.Ruleset:
+    """Reads of the installation; the workdir writable only when a tmpfs caps what it holds."""
+    read_only, read_write = _read_only_paths(), []
+    (read_write if writable_workdir else read_only).append(workdir)
+    return landlock.build_ruleset(read_only, read_write, _DEVICES)
+
+
 def _probe_landlock(ruleset: landlock.Ruleset, workdir: str):
     def test() -> None:
         landlock.restrict_self(ruleset)
@@ -192,6 +208,22 @@ def _probe_landlock(ruleset: landlock.Ruleset, workdir: str):
         os.listdir(workdir)
 
     return test
+
+
+def _landlock_works(workdir: str, failures: list[str]) -> bool:
+    """Build a ruleset and try it in a child (the worker's own is built after any mounts)."""
+    try:
+        ruleset = _build_ruleset(workdir, writable_workdir=False)
+    except OSError as exc:
+        failures.append(f"landlock: {exc}")
+        return False
+    try:
+        problem = _try_in_child(_probe_landlock(ruleset, workdir))
+    finally:
+        os.close(ruleset.fd)
+    if problem:
+        failures.append(f"landlock: {problem}")
+    return problem is None
 
 
 def _probe_drop_uid() -> None:
@@ -205,28 +237,67 @@ def _probe_drop_uid() -> None:
 
 def _probe_drop_capabilities() -> None:
     syscalls.drop_all_capabilities()
-    _expect_denied(lambda: os.setuid(NOBODY), "setuid without CAP_SETUID")
+    with open("/proc/self/status") as status:
+        effective = next(line for line in status if line.startswith("CapEff:"))
+    if int(effective.split()[1], 16) != 0:
+        raise RuntimeError(f"capabilities left after dropping them: {effective.strip()}")
 
 
-def _enter_namespaces() -> None:
-    """Give the worker (and so all its children) private network, IPC and UTS namespaces."""
+def _enter_namespaces(workdir: str, disk_bytes: int) -> bool:
+    """Give the worker (and so all its children) private network, IPC, UTS and mount
+    namespaces and the read-only view with its tmpfs; True when that took a user namespace."""
     try:
         syscalls.unshare(_NAMESPACES)
+        user_namespace = False
     except PermissionError:
         syscalls.unshare(_NAMESPACES | syscalls.CLONE_NEWUSER)
+        user_namespace = True
+    mounts.enter_private_view(workdir, disk_bytes)
+    return user_namespace
 
 
-def _probe_namespaces() -> None:
-    _enter_namespaces()
-    names = socket.if_nameindex()
-    if any(name != "lo" for _, name in names):
-        raise RuntimeError(f"new network namespace has interfaces {names}")
+def _probe_namespaces(workdir: str, disk_bytes: int):
+    def test() -> None:
+        _enter_namespaces(workdir, disk_bytes)
+        names = socket.if_nameindex()
+        if any(name != "lo" for _, name in names):
+            raise RuntimeError(f"new network namespace has interfaces {names}")
+        mounts.check_private_view(workdir, disk_bytes)
+
+    return test
+
+
+def _drop_root(workdir: str, failures: list[str], layers: list[str]) -> str:
+    """How children of a root worker give up root: "nobody", "no-capabilities" or "unchanged"."""
+    problem = _try_in_child(_probe_drop_uid)
+    if problem is None:
+        os.chown(workdir, NOBODY, NOBODY)
+        layers.append("nobody-uid")
+        return "nobody"
+    failures.append(f"nobody-uid: {problem}")
+    return _drop_capabilities(failures, layers)
+
+
+def _drop_capabilities(failures: list[str], layers: list[str]) -> str:
+    problem = _try_in_child(_probe_drop_capabilities)
+    if problem is None:
+        layers.append("no-capabilities")
+        return "no-capabilities"
+    failures.append(f"no-capabilities: {problem}")
+    return "unchanged"
 
 
 def probe_and_prepare(
-    limits: Limits, workdir: str, max_level: str = "namespaced", drop_root: bool = True
+    limits: Limits,
+    workdir: str,
+    max_level: str = "namespaced",
+    drop_root: bool = True,
+    disk_bytes: int = 64 << 20,
 ) -> Plan:
-    """Probe every layer up to ``max_level``, enter namespaces, and return the child plan."""
+    """Probe every layer up to ``max_level``, enter namespaces, and return the child plan.
+
+    ``disk_bytes`` sizes the tmpfs working directory of the ``namespaced`` level.
+    """
     max_rank = level_rank(max_level)
     failures: list[str] = []
     layers = ["fork", "rlimits", "workdir", "env", "stdin"]
@@ -236,48 +307,39 @@ def probe_and_prepare(
         use_seccomp = problem is None
         if problem:
             failures.append(f"seccomp: {problem}")
-    ruleset = None
-    if max_rank >= 2 and use_seccomp:
-        try:
-            ruleset = landlock.build_ruleset(_read_only_paths(), [workdir], _DEVICES)
-        except OSError as exc:
-            failures.append(f"landlock: {exc}")
-        if ruleset is not None:
-            problem = _try_in_child(_probe_landlock(ruleset, workdir))
-            if problem:
-                failures.append(f"landlock: {problem}")
-                os.close(ruleset.fd)
-                ruleset = None
-    namespaces = False
-    if max_rank >= 3 and ruleset is not None:
-        problem = _try_in_child(_probe_namespaces)
+    use_landlock = max_rank >= 2 and use_seccomp and _landlock_works(workdir, failures)
+    namespaces = user_namespace = False
+    if max_rank >= 3 and use_landlock:
+        problem = _try_in_child(_probe_namespaces(workdir, disk_bytes))
         if problem:
             failures.append(f"namespaces: {problem}")
         else:
-            _enter_namespaces()
+            user_namespace = _enter_namespaces(workdir, disk_bytes)
             namespaces = True
+    ruleset = None
+    if use_landlock:
+        # Built only now: a rule names the directory's inode, which the tmpfs just replaced.
+        try:
+            ruleset = _build_ruleset(workdir, writable_workdir=namespaces)
+        except OSError as exc:
+            failures.append(f"landlock: {exc}")
     privileges = "unchanged"
     if drop_root and os.geteuid() == 0:
-        problem = _try_in_child(_probe_drop_uid)
-        if problem is None:
-            privileges = "nobody"
-            os.chown(workdir, NOBODY, NOBODY)
-            layers.append("nobody-uid")
-        else:
-            failures.append(f"nobody-uid: {problem}")
-            problem = _try_in_child(_probe_drop_capabilities)
-            if problem is None:
-                privileges = "no-capabilities"
-                layers.append("no-capabilities")
-            else:
-                failures.append(f"no-capabilities: {problem}")
+        privileges = _drop_root(workdir, failures, layers)
+    elif user_namespace:
+        privileges = _drop_capabilities(failures, layers)
     if use_seccomp:
         layers += ["no-new-privs", "seccomp"]
     if ruleset is not None:
         layers += list(ruleset.layers)
+        layers.append("tmpfs-workdir" if namespaces else "read-only-workdir")
     if namespaces:
-        layers += ["netns", "ipcns", "utsns"]
-    level = LEVELS[int(use_seccomp) + int(ruleset is not None) + int(namespaces)]
+        layers += ["netns", "ipcns", "utsns", "mountns-read-only"]
+    rank = 0
+    for reached in (use_seccomp, ruleset is not None, namespaces):
+        if not reached:
+            break
+        rank += 1
     return Plan(
         limits=limits,
         workdir=workdir,
@@ -285,6 +347,6 @@ def probe_and_prepare(
         ruleset=ruleset,
         privileges=privileges,
         layers=tuple(layers),
-        level=level,
+        level=LEVELS[rank],
         failures=tuple(failures),
     )

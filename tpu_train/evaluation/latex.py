@@ -55,7 +55,7 @@ class LatexChecker:
     def __init__(
         self, workers: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, allow_weaker: bool = False
     ) -> None:
-        """Start the pool; like the executor it refuses to run below ``seccomp`` isolation
+        """Start the pool; like the executor it refuses to run below ``landlock`` isolation
         unless ``allow_weaker`` (math-verify's expression parser calls ``eval``)."""
         from tpu_train.evaluation.executor import Executor, ExecutorConfig
 

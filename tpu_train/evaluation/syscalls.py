@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import struct
 
 # Flags for unshare(2).
 CLONE_NEWNS = 0x00020000
@@ -134,6 +135,59 @@ def prctl(option: int, arg2: int | ctypes.c_void_p = 0, arg3: int = 0) -> int:
 def unshare(flags: int) -> None:
     """``unshare(2)``; Python 3.11 lacks ``os.unshare``."""
     _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+# mount(2) flags and mount_setattr(2) (Linux 5.12+, generic syscall number on both architectures).
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+_libc.mount.restype = ctypes.c_int
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    """``mount(2)``; Python has no binding."""
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            flags,
+            data.encode() or None,
+        ),
+        f"mount({target})",
+    )
+
+
+def make_read_only_recursively(path: str) -> None:
+    """Make the mount at ``path`` and every mount below it read-only (``mount_setattr``).
+
+    Unlike remounting each mount, this keeps every other flag (nosuid, nodev, ...) as it is,
+    which matters inside a user namespace, where clearing a flag the parent set is refused.
+    """
+    attr = struct.pack("=QQQQ", MOUNT_ATTR_RDONLY, 0, 0, 0)
+    buffer = ctypes.create_string_buffer(attr, len(attr))
+    raw_syscall(
+        MOUNT_SETATTR,
+        AT_FDCWD,
+        ctypes.c_char_p(path.encode()),
+        AT_RECURSIVE,
+        buffer,
+        len(attr),
+        what=f"mount_setattr({path})",
+    )
 
 
 MADV_HUGEPAGE = 14

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import select
-import shutil
 import signal
 import sys
 import time
@@ -271,13 +270,41 @@ def _verdict(
     return {"verdict": "ok", "answer": answer, "answer_source": source}
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _clean_workdir(workdir: str) -> None:
-    with os.scandir(workdir) as entries:
-        for entry in list(entries):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
+    """Empty the working directory, however deep the tree a program left in it.
+
+    Iterative with one open descriptor, walking down by name and back up by "..": a program
+    can nest directories thousands deep (past PATH_MAX, past Python's recursion limit, which
+    is where ``shutil.rmtree`` gives up and would leave its files to the next program).
+    """
+    fd = os.open(workdir, _DIR_FLAGS)
+    names: list[str] = []  # the path from workdir down to fd
+    try:
+        while True:
+            subdirectory = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirectory = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if subdirectory is not None:
+                below = os.open(subdirectory, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                names.append(subdirectory)
+                continue
+            if not names:
+                return
+            above = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = above
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _handle(request: dict, plan: isolation.Plan, functions: dict, config: dict, fds, fork) -> dict:
@@ -327,7 +354,9 @@ def main() -> None:
         file_bytes=config["file_bytes"],
         open_files=config["open_files"],
     )
-    plan = isolation.probe_and_prepare(limits, config["workdir"], config["max_level"])
+    plan = isolation.probe_and_prepare(
+        limits, config["workdir"], config["max_level"], disk_bytes=config["disk_bytes"]
+    )
     gc.collect()
     gc.freeze()
     _collapse_into_huge_pages()
