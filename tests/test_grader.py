@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tpu_train.evaluation import compat, extract, grader, numbers
+from tpu_train.evaluation import benchmarks, compat, extract, grader, numbers, precision
 from tpu_train.evaluation.latex import LatexChecker
 
 AQUA_OPTIONS = ("A)5(√3 + 1)", "B)6(√3 + √2)", "C)7(√3 – 1)", "D)8(√3 – 2)", "E)None of these")
@@ -71,6 +71,62 @@ NUMERIC_CASES = [
 def test_numeric_policy(prediction: str, gold: str, accept: bool) -> None:
     assert grader.numbers_equal(prediction, gold) is accept
     assert grader.grade(prediction, gold, "number") is accept
+
+
+# (prediction, gold, dataset, must_accept): a gold's written decimals are a rounding only for
+# the benchmarks whose policy says so, and only an unrounded prediction is rounded to them.
+PRECISION_CASES = [
+    ("0.43", "0.4", None, False),  # a rounded prediction is another answer, not a finer one
+    ("0.40", "0.4", None, True),
+    ("0.049", "0.0", None, False),  # integer-valued golds are exact
+    ("0", "0.0", None, True),
+    ("0.00000000000000001", "0.0", None, True),  # float noise around zero
+    ("0.04912345678901", "0.0", "numglue", False),  # exact even where golds are rounded
+    ("50.96", "51.0", "svamp", False),  # SVAMP writes every gold as N.0
+    ("51", "51.0", "svamp", True),
+    ("50.99999999999999", "51.0", "svamp", True),
+    ("1000000.5", "1000000", None, False),  # 5e-7 relative: not noise for an integer gold
+    ("1000000.0000001", "1000000", None, True),
+    ("0.4321987654321", "0.4", "numglue", True),  # an unrounded float rounds to the gold
+    ("0.4321987654321", "0.4", "theoremqa", True),
+    ("0.4321987654321", "0.4", "mathematics", False),  # DeepMind's golds are exact
+    ("0.4321987654321", "0.4", "gsm8k", False),
+    ("25/6", "4.17", "numglue", True),  # an exact fraction is unrounded too
+    ("25/6", "4.17", "mathematics", False),
+    ("4.1667", "4.17", "numglue", False),
+    ("4.17", "4.17", "numglue", True),
+    ("0.45000000001", "0.5", "simuleq", True),  # halves away from zero
+    ("0.4499999999", "0.5", "simuleq", False),
+    ("3.541234567e-07", "3.54e-07", "theoremqa", True),  # rounded at the last written digit
+    ("3.5e-07", "3.54e-07", "theoremqa", False),
+    ("0.5235987755982988", "0.5235987667", "theoremqa", True),  # pi/6: 1.7e-8 relative noise
+    ("0.5235987755982988", "0.5235987667", "mathematics", True),
+    ("0.5236", "0.5235987667", "theoremqa", False),
+]
+
+
+@pytest.mark.parametrize(("prediction", "gold", "dataset", "accept"), PRECISION_CASES)
+def test_precision_policy(prediction: str, gold: str, dataset: str | None, accept: bool) -> None:
+    assert grader.grade(prediction, gold, "number", dataset=dataset) is accept
+    assert grader.numbers_equal(prediction, gold, dataset) is accept
+
+
+def test_every_benchmark_has_a_precision_policy() -> None:
+    for dataset in (*benchmarks.DATASETS, benchmarks.GSM8K_PLUS):
+        assert precision.POLICIES[dataset] in (precision.EXACT, precision.ROUNDED), dataset
+    assert precision.policy_for(None) == precision.ROUNDED
+    # Lists and options follow their dataset's policy too.
+    assert grader.grade("[0.4321987654321]", "[0.4]", "list", dataset="theoremqa")
+    assert not grader.grade("[0.43]", "[0.4]", "list", dataset="theoremqa")
+    assert not grader.grade("5.7123", "B", "choice", options=SAT_OPTIONS, dataset="sat")
+    assert grader.grade("5.744562646538029", "B", "choice", options=SAT_OPTIONS, dataset="sat")
+
+
+def test_compat_keeps_mammoths_rules_for_the_strict_fixes() -> None:
+    """What strict now rejects or accepts differently, compat scores as MAmmoTH does."""
+    assert grader.grade("50.96", "51.0", "number", mode="compat", dataset="svamp")  # round()
+    assert grader.grade("0.41", "0.4", "number", mode="compat")  # within 4 %
+    assert not grader.grade("0.43", "0.4", "number", mode="compat")
 
 
 def test_percent_rescaling_only_when_asked() -> None:

@@ -5,11 +5,12 @@ Answer types: ``number`` (GSM8K, SVAMP, NumGLUE, SimulEq, TheoremQA integer/floa
 ``bool``, ``text`` (NumGLUE's word answers) and ``choice`` (AQuA, SAT, MMLU, TheoremQA
 options; ``options`` lists the option texts in letter order).
 
-Strict policy: exact rationals first, float-noise tolerance only when a float is involved, a
-gold with d decimals accepts the prediction rounded to d decimals, no rounding to integer golds,
-no percent rescaling unless ``percent=True``, NaN/inf never match (see
-:mod:`tpu_train.evaluation.numbers`). Symbolic comparison uses math-verify inside the sandbox
-(:mod:`tpu_train.evaluation.latex`). Nothing here evaluates model text.
+Strict policy: exact rationals first, float-noise tolerance only when a float is involved,
+integer-valued golds exact, and, for benchmarks whose decimal golds are roundings (the
+``dataset``'s policy in :mod:`tpu_train.evaluation.precision`), an unrounded prediction
+rounded to the gold's last digit; no percent rescaling unless ``percent=True``; NaN/inf never
+match (see :mod:`tpu_train.evaluation.numbers`). Symbolic comparison uses math-verify inside
+the sandbox (:mod:`tpu_train.evaluation.latex`). Nothing here evaluates model text.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from tpu_train.evaluation import compat, extract, latex, numbers, option_arith
+from tpu_train.evaluation import compat, extract, latex, numbers, option_arith, precision
 
 ANSWER_TYPES = ("number", "latex", "expression", "list", "bool", "text", "choice")
 MODES = ("strict", "compat")
@@ -45,9 +46,10 @@ class _Symbolic:
     gold: str
 
 
-def numbers_equal(prediction: str, gold: str) -> bool:
-    """The strict numeric policy applied to two strings (see :mod:`numbers`)."""
-    return numbers.numbers_equal(prediction, gold)
+def numbers_equal(prediction: str, gold: str, dataset: str | None = None) -> bool:
+    """The strict numeric policy applied to two strings (see :mod:`numbers`), with the
+    precision policy of ``dataset`` (:mod:`precision`)."""
+    return numbers.numbers_equal(prediction, gold, rounded_golds=precision.rounds_golds(dataset))
 
 
 def _parse_list(text: str) -> list[str] | None:
@@ -60,11 +62,14 @@ def _parse_list(text: str) -> list[str] | None:
     return items
 
 
-def _lists_equal(prediction: str, gold: str) -> bool:
+def _lists_equal(prediction: str, gold: str, rounded_golds: bool) -> bool:
     preds, golds = _parse_list(prediction), _parse_list(gold)
     if preds is None or golds is None or len(preds) != len(golds):
         return False
-    return all(numbers.numbers_equal(p, g) for p, g in zip(preds, golds, strict=True))
+    return all(
+        numbers.numbers_equal(p, g, rounded_golds=rounded_golds)
+        for p, g in zip(preds, golds, strict=True)
+    )
 
 
 def _bool_value(text: str) -> bool | None:
@@ -76,11 +81,11 @@ def _bool_value(text: str) -> bool | None:
     return None
 
 
-def _option_matches(prediction: numbers.Number, option: str) -> bool:
+def _option_matches(prediction: numbers.Number, option: str, rounded_golds: bool) -> bool:
     text = extract.strip_option_label(option)
     parsed = numbers.parse_number(text)
     if parsed is not None:
-        return numbers.values_match(prediction, parsed)
+        return numbers.values_match(prediction, parsed, rounded_golds=rounded_golds)
     value = option_arith.evaluate(text)
     if value is None:
         return False
@@ -88,7 +93,7 @@ def _option_matches(prediction: numbers.Number, option: str) -> bool:
     return abs(pred - value) <= _CHOICE_TOLERANCE * max(abs(value), abs(pred), 1e-12)
 
 
-def _choice(prediction: str, gold: str, options: Sequence[str] | None) -> bool:
+def _choice(prediction: str, gold: str, options: Sequence[str] | None, rounded_golds: bool) -> bool:
     gold_letter = extract.explicit_letter(gold)
     if gold_letter is None:
         raise ValueError(f"choice gold {gold!r} is not a letter")
@@ -99,30 +104,35 @@ def _choice(prediction: str, gold: str, options: Sequence[str] | None) -> bool:
     if value is None or not options:
         return False
     matching = [
-        "ABCDE"[i] for i, option in enumerate(options[:5]) if _option_matches(value, option)
+        "ABCDE"[i]
+        for i, option in enumerate(options[:5])
+        if _option_matches(value, option, rounded_golds)
     ]
     return matching == [gold_letter]
 
 
 def _strict(request: GradeRequest) -> bool | _Symbolic:
     prediction, gold, kind = request.prediction, request.gold, request.answer_type
+    rounded = precision.rounds_golds(request.dataset)
     if prediction is None or not prediction.strip():
         return False
     if kind == "choice":
-        return _choice(prediction, gold, request.options)
+        return _choice(prediction, gold, request.options, rounded)
     if kind == "bool":
         pred, ref = _bool_value(prediction), _bool_value(gold)
         return pred is not None and pred == ref
     gold_number = numbers.parse_number(gold)
     pred_number = numbers.parse_number(prediction)
     if gold_number is not None and pred_number is not None:
-        return numbers.values_match(pred_number, gold_number, percent_rescale=request.percent)
+        return numbers.values_match(
+            pred_number, gold_number, percent_rescale=request.percent, rounded_golds=rounded
+        )
     if kind == "number":
         return False
     if kind == "text":
         return prediction.strip().lower().rstrip(".") == gold.strip().lower().rstrip(".")
     if kind == "list" or (kind == "expression" and gold.strip()[:1] == "["):
-        return _lists_equal(prediction, gold)
+        return _lists_equal(prediction, gold, rounded)
     if gold_number is not None and kind == "expression":
         return False
     if latex.normalise(prediction) == latex.normalise(gold):

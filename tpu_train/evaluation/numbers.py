@@ -43,12 +43,22 @@ class Number:
     ``decimals`` is the count of digits written after a decimal point (None for integers and
     fractions); ``inexact`` marks decimal notation with a fraction part or an exponent, i.e.
     text that may carry floating-point noise; ``percent`` records a trailing percent sign.
+    ``places`` is the decimal place of the last digit written (2 for ``4.17``, 9 for
+    ``3.54e-07``; None when that digit is not below the units); ``unrounded`` is True for an
+    exact integer or fraction and for a decimal of at least :data:`UNROUNDED_DIGITS`
+    significant digits (how a program prints a float), False for a decimal that looks
+    rounded by whoever wrote it.
     """
 
     value: Fraction
     decimals: int | None
     inexact: bool
     percent: bool
+    places: int | None = None
+    unrounded: bool = True
+
+
+UNROUNDED_DIGITS = 10
 
 
 def _strip_latex(text: str) -> str:
@@ -83,6 +93,10 @@ def _split_suffix(text: str) -> tuple[str, bool]:
     return match.group("body").strip(), bool(match.group("pct"))
 
 
+def _significant_digits(digits: str) -> int:
+    return len(digits.replace(".", "").lstrip("0")) or 1
+
+
 def parse_number(text: str | None) -> Number | None:
     """Parse ``text`` as one number, or None when it is not exactly one finite number."""
     if text is None:
@@ -114,7 +128,8 @@ def parse_number(text: str | None) -> Number | None:
         if den == 0:
             return None
         inexact = "." in match.group("fnum") + match.group("fden")
-        number = Number(num / den, None, inexact, percent)
+        # A fraction of decimals ("0.43/1") is only as precise as its written digits.
+        number = Number(num / den, None, inexact, percent, None, not inexact)
     else:
         digits = match.group("dec").replace(",", "")
         exponent = match.group("exp")
@@ -125,13 +140,19 @@ def parse_number(text: str | None) -> Number | None:
             value *= Fraction(10) ** int(exponent)
         fraction_digits = digits.split(".")[1] if "." in digits else ""
         decimals = len(fraction_digits) if fraction_digits and exponent is None else None
-        number = Number(value, decimals, bool(fraction_digits) or exponent is not None, percent)
+        places = len(fraction_digits) - int(exponent or 0)
+        inexact = bool(fraction_digits) or exponent is not None
+        unrounded = not inexact or _significant_digits(digits) >= UNROUNDED_DIGITS
+        number = Number(
+            value, decimals, inexact, percent, places if places > 0 else None, unrounded
+        )
     if negative:
         number = dataclasses.replace(number, value=-number.value)
     return number
 
 
 REL_TOLERANCE = Fraction(1, 10**6)
+INTEGER_REL_TOLERANCE = Fraction(1, 10**9)
 ABS_TOLERANCE = Fraction(1, 10**12)
 
 
@@ -143,34 +164,59 @@ def round_half_away(value: Fraction, places: int) -> Fraction:
     return Fraction(rounded if value >= 0 else -rounded, scale)
 
 
-def values_match(prediction: Number, gold: Number, *, percent_rescale: bool = False) -> bool:
-    """The strict numeric policy.
+def _float_noise(value: Fraction, prediction: Number, gold: Number) -> bool:
+    """Within floating-point noise of the gold, when either side is written as a float."""
+    if not (prediction.inexact or gold.inexact):
+        return False
+    diff = abs(value - gold.value)
+    relative = INTEGER_REL_TOLERANCE if gold.value.denominator == 1 else REL_TOLERANCE
+    return diff <= ABS_TOLERANCE or diff <= relative * max(abs(value), abs(gold.value))
+
+
+def _rounds_to_gold(value: Fraction, prediction: Number, gold: Number) -> bool:
+    """An unrounded prediction that rounds to a non-integer gold at the gold's last digit."""
+    if gold.places is None or gold.value.denominator == 1 or not prediction.unrounded:
+        return False
+    return round_half_away(value, gold.places) == gold.value
+
+
+def values_match(
+    prediction: Number,
+    gold: Number,
+    *,
+    percent_rescale: bool = False,
+    rounded_golds: bool = True,
+) -> bool:
+    """The strict numeric policy (per benchmark: :mod:`tpu_train.evaluation.precision`).
 
     1. Exact rational equality.
-    2. A gold written with d > 0 decimals accepts the prediction rounded to d decimals.
-    3. Only when either side is written as a decimal/exponent (a float may be involved):
-       relative tolerance 1e-6 (absolute 1e-12 around zero) for floating-point noise.
-    Integer golds never accept a rounded prediction, and with ``percent_rescale`` (only when a
-    dataset asks for it) a prediction off by a factor of exactly 100 is also accepted.
+    2. Only when either side is written as a decimal/exponent (a float may be involved):
+       floating-point noise, 1e-9 relative for an integer-valued gold and 1e-6 otherwise
+       (absolute 1e-12 around zero).
+    3. With ``rounded_golds`` (golds that are roundings of the true answer): a non-integer
+       gold accepts an *unrounded* prediction (see :class:`Number`) rounded to the gold's
+       last written digit. A prediction that is itself rounded is not rounded again: against
+       ``0.4``, ``0.43`` is a different answer.
+    Integer-valued golds never accept a rounded prediction (``51.0`` rejects ``50.96``), and
+    with ``percent_rescale`` (only when a dataset asks for it) a prediction off by a factor of
+    exactly 100 is also accepted.
     """
     candidates = [prediction.value]
     if percent_rescale:
         candidates += [prediction.value * 100, prediction.value / 100]
     for value in candidates:
-        if value == gold.value:
+        if value == gold.value or _float_noise(value, prediction, gold):
             return True
-        if gold.decimals and round_half_away(value, gold.decimals) == gold.value:
+        if rounded_golds and _rounds_to_gold(value, prediction, gold):
             return True
-        if prediction.inexact or gold.inexact:
-            diff = abs(value - gold.value)
-            if diff <= ABS_TOLERANCE or diff <= REL_TOLERANCE * max(abs(value), abs(gold.value)):
-                return True
     return False
 
 
-def numbers_equal(prediction: str, gold: str, *, percent_rescale: bool = False) -> bool:
+def numbers_equal(
+    prediction: str, gold: str, *, percent_rescale: bool = False, rounded_golds: bool = True
+) -> bool:
     """True when both parse as single numbers that match under :func:`values_match`."""
     pred, ref = parse_number(prediction), parse_number(gold)
     if pred is None or ref is None:
         return False
-    return values_match(pred, ref, percent_rescale=percent_rescale)
+    return values_match(pred, ref, percent_rescale=percent_rescale, rounded_golds=rounded_golds)
