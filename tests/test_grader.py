@@ -122,9 +122,35 @@ def test_every_benchmark_has_a_precision_policy() -> None:
     assert grader.grade("5.744562646538029", "B", "choice", options=SAT_OPTIONS, dataset="sat")
 
 
+# Scale words multiply (they are not units): (prediction, gold, must_accept).
+SCALE_CASES = [
+    ("3.5 million", "3500000", True),
+    ("3500000", "3.5 million", True),
+    ("5 thousand", "5", False),
+    ("5 thousand", "5000", True),
+    ("5 thousand", "5000.0", True),
+    ("$2.5 billion", "2500000000", True),
+    ("2.5 billion dollars", "2.5", False),
+    ("1.2 million people", "1200000", True),
+    ("2 1/2 million", "2500000", True),
+    ("3 lakh", "300000", True),
+    ("5 thousandths", "0.005", True),
+    ("5 thousandths", "5", False),
+    ("7 hundred", "700", True),
+    ("7 hundred", "7", False),
+]
+
+
+@pytest.mark.parametrize(("prediction", "gold", "accept"), SCALE_CASES)
+def test_scale_words_are_multipliers(prediction: str, gold: str, accept: bool) -> None:
+    assert grader.grade(prediction, gold, "number") is accept
+
+
 def test_compat_keeps_mammoths_rules_for_the_strict_fixes() -> None:
     """What strict now rejects or accepts differently, compat scores as MAmmoTH does."""
     assert grader.grade("50.96", "51.0", "number", mode="compat", dataset="svamp")  # round()
+    assert grader.grade("5 thousand", "5", "number", mode="compat")  # the last number is 5
+    assert not grader.grade("3.5 million", "3500000", "number", mode="compat")
     assert grader.grade("0.41", "0.4", "number", mode="compat")  # within 4 %
     assert not grader.grade("0.43", "0.4", "number", mode="compat")
 

@@ -4,8 +4,9 @@ Accepted shapes: integers and decimals (with thousands separators ``1,234,567`` 
 ``1{,}234``), scientific notation, fractions ``3/4`` and ``\\frac{3}{4}``, mixed numbers
 ``2 1/2``, a sign, leading currency (``$``, ``€``, ``£``, ``¥``, ``₹``, ``Rs.``), trailing
 percent signs and unit words (``12 cm``, ``5 apples``, ``30^\\circ``), and wrappers such as
-``\\boxed{}`` / ``\\text{}``. Anything else, including two numbers in one answer, NaN and
-infinity, parses to None: a grader must not guess which number was meant.
+``\\boxed{}`` / ``\\text{}``. Scale words multiply, they are not units: ``3.5 million`` is
+3500000 and ``5 thousand dollars`` is 5000. Anything else, including two numbers in one
+answer, NaN and infinity, parses to None: a grader must not guess which number was meant.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class Number:
 
 
 UNROUNDED_DIGITS = 10
+# Multipliers, as powers of ten: "3.5 million" is 3500000, "5 thousandths" is 0.005.
+_SCALES = {
+    "hundred": 2, "thousand": 3, "lakh": 5, "million": 6, "crore": 7, "billion": 9,
+    "trillion": 12, "tenth": -1, "hundredth": -2, "thousandth": -3, "millionth": -6,
+}  # fmt: skip
+_SCALE = re.compile(rf"^({'|'.join(_SCALES)})s?\b", re.IGNORECASE)
 
 
 def _strip_latex(text: str) -> str:
@@ -82,19 +89,35 @@ _VARIABLE_LETTERS = frozenset("abcdefijknpqrtuvwxyzABCDEFIJKNPQRTUVWXYZ")
 _EQUATION = re.compile(r"^[A-Za-z][A-Za-z_0-9]{0,2}\s*=\s*")
 
 
-def _split_suffix(text: str) -> tuple[str, bool]:
-    """Cut percent signs and unit words off the end; return (number part, had percent)."""
+def _split_suffix(text: str) -> tuple[str, bool, int]:
+    """Cut percent signs and unit words off the end; return (number part, had percent, power
+    of ten of a leading scale word such as "million", 0 without one)."""
     match = _BODY_AND_SUFFIX.fullmatch(text)
     if match is None:
-        return text, False
+        return text, False, 0
     unit = match.group("unit") or ""
     if len(unit) == 1 and unit in _VARIABLE_LETTERS and not text[match.start("unit") - 1].isspace():
-        return text, False  # "5x" is an expression in x, not five of a unit called x
-    return match.group("body").strip(), bool(match.group("pct"))
+        return text, False, 0  # "5x" is an expression in x, not five of a unit called x
+    scale = _SCALE.match(unit)
+    power = _SCALES[scale.group(1).lower()] if scale and not match.group("pct") else 0
+    return match.group("body").strip(), bool(match.group("pct")), power
 
 
 def _significant_digits(digits: str) -> int:
     return len(digits.replace(".", "").lstrip("0")) or 1
+
+
+def _scaled(number: Number, power: int) -> Number:
+    """``number`` times 10**power: "3.5 million" is the integer 3500000, written exactly."""
+    places = (number.places or 0) - power
+    places = places if places > 0 else None
+    return dataclasses.replace(
+        number,
+        value=number.value * Fraction(10) ** power,
+        decimals=places,
+        places=places,
+        inexact=number.inexact and places is not None,
+    )
 
 
 def parse_number(text: str | None) -> Number | None:
@@ -110,9 +133,9 @@ def parse_number(text: str | None) -> Number | None:
         sign, text = text[0], text[1:].lstrip()
     text = _CURRENCY.sub("", text)
     match = _CORE.match(sign + text)  # whole text first, so "1e3" is not 1 of unit "e^3"
-    percent = False
+    percent, power = False, 0
     if match is None:
-        text, percent = _split_suffix(text)
+        text, percent, power = _split_suffix(text)
         match = _CORE.match(sign + text)
     if match is None:
         return None
@@ -146,6 +169,8 @@ def parse_number(text: str | None) -> Number | None:
         number = Number(
             value, decimals, inexact, percent, places if places > 0 else None, unrounded
         )
+    if power:
+        number = _scaled(number, power)
     if negative:
         number = dataclasses.replace(number, value=-number.value)
     return number
