@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tpu_train.evaluation import benchmarks, compat, extract, grader, numbers, precision
+from tpu_train.evaluation import benchmarks, compat, extract, grader, numbers, pipeline, precision
 from tpu_train.evaluation.latex import LatexChecker
 
 AQUA_OPTIONS = ("A)5(√3 + 1)", "B)6(√3 + √2)", "C)7(√3 – 1)", "D)8(√3 – 2)", "E)None of these")
@@ -153,6 +153,34 @@ def test_compat_keeps_mammoths_rules_for_the_strict_fixes() -> None:
     assert not grader.grade("3.5 million", "3500000", "number", mode="compat")
     assert grader.grade("0.41", "0.4", "number", mode="compat")  # within 4 %
     assert not grader.grade("0.43", "0.4", "number", mode="compat")
+
+
+def test_cot_extraction_takes_stated_answers_only() -> None:
+    text = "She has 3 + 4 = 7 apples, then buys 2 more"
+    assert extract.extract_cot_answer(text, "number") is None
+    assert extract.extract_cot_answer(text, "number", last_number_fallback=True) == "2"
+    stated = "3 + 4 = 7, so the answer is 9."
+    assert extract.extract_cot_answer(stated, "number") == "9"
+    assert extract.extract_cot_answer(stated, "number", last_number_fallback=True) == "9"
+    assert extract.extract_cot_answer("so #### 12", "number") == "12"
+    assert extract.extract_cot_answer("x is \\boxed{4}", "expression") == "4"
+
+
+def test_pipeline_grades_cot_without_a_statement_only_in_compat() -> None:
+    record = benchmarks.Record("gsm8k/0", "gsm8k", "q", "9", "number")
+    outputs = ["First 4 + 5 = 9", "The answer is 9.", "First 4 + 5 = 8"]
+    pairs = [(pipeline.Prediction("gsm8k/0", "gsm8k", o, "cot"), record) for o in outputs]
+    items, _ = pipeline.evaluate_records(pairs)
+    assert [(i["answer"], i.get("compat_answer")) for i in items] == [
+        (None, "9"),
+        ("9", None),
+        (None, "8"),
+    ]
+    assert [(i["strict"], i["compat"]) for i in items] == [
+        (False, True),
+        (True, True),
+        (False, False),
+    ]
 
 
 def test_percent_rescaling_only_when_asked() -> None:

@@ -1,8 +1,18 @@
 """Pulling the final answer out of chain-of-thought text, the program out of a PoT output, and option
 helpers.
 
-Only explicit statements count: ``\\boxed{...}``, "The answer is ...", ``#### ...``. For
-multiple choice the only accepted CoT answer is an explicit letter; nothing defaults to "A".
+Only explicit statements count: ``\\boxed{...}``, "The answer is ..." (or "Answer: ..."),
+``#### ...``. A completion that states none has no answer, which strict grading counts as
+wrong: the last number of a text is as often an intermediate result, a quantity from the
+question or the start of a truncated sentence. MAmmoTH's scripts fall back to that last number,
+so ``compat`` grading asks for the fallback (``last_number_fallback=True``) and only it does.
+For multiple choice the only accepted CoT answer is an explicit letter; nothing defaults to "A".
+
+    >>> extract_cot_answer("3 + 4 = 7 apples, then she buys 2 more", "number") is None
+    True
+    >>> extract_cot_answer("3 + 4 = 7 apples, then she buys 2 more", "number",
+    ...                    last_number_fallback=True)
+    '2'
 
 A PoT output is run as it is, unless it holds a Markdown code fence (what chat models write around
 code): then the first fenced block is the program, and the prose around it is not run.
@@ -74,8 +84,14 @@ def explicit_letter(text: str | None, letters: str = "ABCDE") -> str | None:
     return None
 
 
-def extract_cot_answer(text: str, answer_type: str) -> str | None:
-    """The stated final answer of a CoT completion, or None when it states none."""
+def extract_cot_answer(
+    text: str, answer_type: str, *, last_number_fallback: bool = False
+) -> str | None:
+    """The stated final answer of a CoT completion, or None when it states none.
+
+    ``last_number_fallback`` (compat mode only) takes the last number of a completion that
+    states no answer, for number and expression answers, as MAmmoTH does.
+    """
     if not text:
         return None
     boxed = last_boxed(text)
@@ -100,7 +116,7 @@ def extract_cot_answer(text: str, answer_type: str) -> str | None:
     hashes = re.findall(r"####\s*(.+)", text)
     if hashes:
         return _clean_tail(hashes[-1])
-    if answer_type in ("number", "expression"):
+    if last_number_fallback and answer_type in ("number", "expression"):
         numbers = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
         if numbers:
             return numbers[-1].rstrip(",")

@@ -128,6 +128,12 @@ def evaluate_records(
         else:
             answer = extract.extract_cot_answer(prediction.output, record.answer_type)
             item |= {"answer": answer, "answer_source": "cot" if answer else None}
+            # compat grades MAmmoTH's extraction, which falls back to the last number.
+            compat_answer = extract.extract_cot_answer(
+                prediction.output, record.answer_type, last_number_fallback=True
+            )
+            if compat_answer != answer:
+                item["compat_answer"] = compat_answer
             if progress is not None:
                 progress(1)
         item |= {"gold": record.gold, "answer_type": record.answer_type}
@@ -135,7 +141,12 @@ def evaluate_records(
     for mode in grader.MODES:
         requests = [
             grader.GradeRequest(
-                item["answer"], rec.gold, rec.answer_type, rec.options, False, rec.dataset
+                item.get("compat_answer", item["answer"]) if mode == "compat" else item["answer"],
+                rec.gold,
+                rec.answer_type,
+                rec.options,
+                False,
+                rec.dataset,
             )
             for item, (_, rec) in zip(items, resolved, strict=True)
         ]
