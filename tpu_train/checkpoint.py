@@ -12,6 +12,9 @@ Layout of a workdir:
         opt_state  optimizer state (absent for a step-0 checkpoint made by an import)
         progress   {"step": s}: the input pipeline resumes by skipping s batches
         config     the training config as JSON, for the record
+        tpu_train_checksums.process_<i>.json   sizes and CRCs of the files process i wrote
+                   (`tpu_train.checksums`), written once the step has committed
+    W/damaged_checkpoints/<step>/   a damaged step moved aside when training saves that step again
 
 A LoRA workdir (`model_config.json` has `lora`) keeps its frozen base once, as step 0 (imported or
 initialised; never deleted by the retention policy), and each later step saves only what trains: params
@@ -20,6 +23,11 @@ holds the adapters, opt_state their optimizer state, progress {"step": s, "base_
 
 Orbax writes each step into a temporary directory and renames it when complete, so a process killed
 mid-save leaves no step that restores half-written; the next start finds the last complete one.
+What happens to a step later (a flipped bit, a truncated copy, a half-deleted directory) is caught by
+the checksums: restoring the latest step checks them, and a step that fails them (or that Orbax cannot
+read) is skipped with a one-line warning for the step before it, down to step 0; when none restores,
+`CheckpointError` says so. An async save that fails (a full or read-only workdir) raises
+`CheckpointSaveError` at the next step boundary (`Checkpointer.poll`), so training stops at once.
 Restoring always targets the *current* mesh: the caller passes abstract arrays with the shardings it
 wants, so a checkpoint written on fsdp=8 restores onto data=2 x fsdp=4 or onto one CPU.
 
@@ -34,25 +42,32 @@ adapters while there is none).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import errno
 import json
 import os
+import re
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from tpu_train import tokenizer_files
+from tpu_train import checksums, tokenizer_files
 from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.params import adapter_abstract, canonical_abstract
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # where a damaged step goes when training saves that step again
 MODEL_CONFIG_FILE = "model_config.json"
 BASE_STEP = 0  # where a LoRA workdir keeps its frozen base
 
@@ -65,6 +80,23 @@ def workdir_path(workdir: str | Path) -> epath.Path:
 
 class WorkdirBusyError(RuntimeError):
     """Another training process holds the workdir."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a workdir restores (each one damaged), or the step asked for is damaged.
+    `skipped`: (step, reason) of each damaged step tried."""
+
+    def __init__(self, message: str, skipped: tuple[tuple[int, str], ...] = ()):
+        super().__init__(message)
+        self.skipped = skipped
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (a full or read-only workdir); the message names the cause."""
+
+
+class _DamagedStep(Exception):
+    """One step failed its checksums or could not be read; the message is the reason, one line."""
 
 
 class WorkdirLock:
@@ -210,6 +242,11 @@ class Checkpointer:
         keep: most recent steps kept (0: all); keep_every: also keep every this many steps (0: none).
         async_save: save in a background thread (training); imports and tools save synchronously.
         keep_base: never delete step 0 (a LoRA run's frozen base).
+
+    Checksums (`tpu_train.checksums`) are computed once a step has committed, from the files Orbax
+    wrote: at once for a synchronous save; for an async one in a background thread started when the
+    save is seen to have finished (`poll`, called by the loop every step, or the next `save`, `wait`,
+    `close`), so hashing never holds up training.
     """
 
     def __init__(
@@ -224,6 +261,7 @@ class Checkpointer:
     ):
         self.workdir = workdir_path(workdir)
         self.every_steps = every_steps
+        self.async_save = async_save
         policies = [checkpoint_managers.LatestN(keep or None)]
         if keep_every:
             policies.append(checkpoint_managers.EveryNSteps(keep_every))
@@ -238,6 +276,10 @@ class Checkpointer:
                 create=True,
             ),
         )
+        self._in_flight: int | None = None  # an async save started, not yet seen to have committed
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-checksums")
+        self._hashing: concurrent.futures.Future | None = None
+        self._damaged: set[int] = set()  # steps skipped by a restore: moved aside when saved again
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -250,6 +292,9 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
+
+    def step_dir(self, step: int) -> epath.Path:
+        return self.workdir / CHECKPOINT_DIR / str(step)
 
     def should_save(self, step: int) -> bool:
         return self.every_steps > 0 and step % self.every_steps == 0
@@ -264,7 +309,11 @@ class Checkpointer:
         base_step: int | None = None,
     ) -> bool:
         """Starts saving step `step` (async when configured); returns whether a save was started.
-        `base_step`: `params` are LoRA adapters over the base saved at that step."""
+        `base_step`: `params` are LoRA adapters over the base saved at that step. Raises
+        CheckpointSaveError when this save, or the async one before it, failed."""
+        self._settle(block=True)  # Orbax would wait for the previous save here anyway
+        if step in self._damaged:
+            self._move_aside(step)
         if step in self.manager.all_steps():
             return False
         progress = {"step": step} if base_step is None else {"step": step, "base_step": base_step}
@@ -275,35 +324,258 @@ class Checkpointer:
             items["opt_state"] = ocp.args.StandardSave(opt_state)
         if config_json is not None:
             items["config"] = ocp.args.JsonSave(config_json)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as err:  # the synchronous part: creating the step's directories
+            raise self._save_error(step, err) from None
+        if started:
+            self._in_flight = step
+            if not self.async_save:
+                self._settle(block=True)
+        return started
+
+    def poll(self) -> None:
+        """Between steps: if the async save in flight has finished, raise CheckpointSaveError when it
+        failed, else start hashing its files. Never blocks on a save still being written."""
+        self._settle(block=False)
+        self._check_hashing(block=False)
+
+    def _settle(self, block: bool) -> None:
+        if self._in_flight is None:
+            return
+        if not block and self.manager.is_saving_in_progress():
+            return
+        step, self._in_flight = self._in_flight, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:
+            raise self._save_error(step, err) from None
+        self._check_hashing(block=True)  # one step's hashing at a time
+        process = jax.process_index()
+        self._hashing = self._hasher.submit(self._write_checksums, step, process)
+
+    def _write_checksums(self, step: int, process: int) -> None:
+        step_dir = self.step_dir(step)
+        try:
+            checksums.write_manifest(step_dir, process)
+        except FileNotFoundError:
+            if step_dir.exists():
+                raise
+            # Already deleted by the retention policy: nothing to protect.
+
+    def _check_hashing(self, block: bool) -> None:
+        if self._hashing is None or (not block and not self._hashing.done()):
+            return
+        hashing, self._hashing = self._hashing, None
+        try:
+            hashing.result()
+        except OSError as err:  # writing the manifest fails like the save would: a full workdir
+            raise CheckpointSaveError(
+                f"{self.workdir}: writing checkpoint checksums failed: {_os_cause(err)}; free space "
+                f"in (or fix the permissions of) {self.workdir}, then rerun to resume"
+            ) from None
+
+    def _save_error(self, step: int, err: BaseException) -> CheckpointSaveError:
+        done = [s for s in self.all_steps() if s != step]
+        resume = f"resume from step {max(done)}" if done else "start over"
+        if _os_error_code(err) is None:  # not the storage: say what failed, advise nothing
+            return CheckpointSaveError(
+                f"{self.workdir}: saving checkpoint step {step} failed: "
+                f"{_first_line(_root_cause(err))}; training stopped"
+            )
+        return CheckpointSaveError(
+            f"{self.workdir}: saving checkpoint step {step} failed: {_os_cause(err)}; training "
+            f"stopped. Free space in (or fix the permissions of) {self.workdir}, then rerun the same "
+            f"command to {resume}"
+        )
+
+    def _move_aside(self, step: int) -> None:
+        """A damaged step that training is about to save again goes to W/damaged_checkpoints/ (kept
+        for inspection; on gs://, where directories cannot be renamed, it is deleted)."""
+        self._damaged.discard(step)
+        if step not in self.manager.all_steps():
+            return
+        if jax.process_index() == 0:
+            if _is_local(self.workdir):
+                aside = self.workdir / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                self.step_dir(step).rename(aside)
+                _warn(f"moved the damaged step {step} to {aside}; saving it again")
+            else:
+                _warn(f"deleting the damaged step {self.step_dir(step)}; saving it again")
+        if not _is_local(self.workdir):
+            self.manager.delete(step)
+        _sync("tpu_train_checkpoint_move_aside")
+        self.manager.reload()
+
+    def verify(self, step: int) -> str | None:
+        """None when the files of `step` match the checksums written when it was saved (or it has
+        none: see `checksums.manifests`); else the reason, one line. Every process checks its share
+        of the manifests and all agree on the verdict."""
+        step_dir = self.step_dir(step)
+        count, index = jax.process_count(), jax.process_index()
+        try:
+            mine = [p for p in checksums.manifests(step_dir) if p % count == index]
+            problem = next(
+                filter(None, (checksums.check_manifest(step_dir, p) for p in mine)), None
+            )
+        except OSError as err:
+            problem = f"unreadable: {_os_cause(err)}"
+        if _all_true(problem is None):
+            return None
+        return problem or "another process found a damaged file"
 
     def restore(
-        self, step: int | None, abstract_params: Any, abstract_opt_state: Any = None
+        self,
+        step: int | None,
+        abstract_params: Any,
+        abstract_opt_state: Any = None,
+        *,
+        after: int | None = None,
     ) -> tuple[Any, Any, int]:
-        """Restores `step` (None: latest) onto the shapes and shardings of the abstract trees.
-        Returns (params, opt_state or None, step): opt_state is None when not asked for or not saved
-        (a step-0 import)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Restores `step` onto the shapes and shardings of the abstract trees; None: the latest step
+        (after `after`, when given) that passes its checksums and restores, each newer one skipped with
+        a one-line warning. Returns (params, opt_state or None, step): opt_state is None when not asked
+        for or not saved (a step-0 import). Raises CheckpointError when no such step restores (or
+        `step` is damaged), FileNotFoundError when there is none at all."""
+        self._settle(block=True)
+        steps = self.all_steps()
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(
+                    f"{self.workdir}: no checkpoint at step {step}; have {self.all_steps()}"
+                )
+            try:
+                return self._restore_step(step, abstract_params, abstract_opt_state)
+            except _DamagedStep as err:
+                raise CheckpointError(f"{self.step_dir(step)} is damaged: {err}") from None
+        candidates = sorted((s for s in steps if after is None or s > after), reverse=True)
+        if not candidates:
             raise FileNotFoundError(f"{self.workdir / CHECKPOINT_DIR}: no checkpoint to restore")
-        if step not in self.manager.all_steps():
-            raise FileNotFoundError(
-                f"{self.workdir}: no checkpoint at step {step}; have {self.all_steps()}"
-            )
-        items = self.manager.item_metadata(step)
-        args = dict(params=ocp.args.StandardRestore(abstract_params))
-        with_opt = abstract_opt_state is not None and items is not None and "opt_state" in items
-        if with_opt:
-            args["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        skipped: list[tuple[int, str]] = []
+        for candidate in candidates:
+            try:
+                restored = self._restore_step(candidate, abstract_params, abstract_opt_state)
+            except _DamagedStep as err:
+                skipped.append((candidate, str(err)))
+                continue
+            for bad, reason in skipped:
+                _warn(f"{self.step_dir(bad)} is damaged ({reason}); restored step {candidate}")
+            self._damaged.update(bad for bad, _ in skipped)
+            return restored
+        self._damaged.update(bad for bad, _ in skipped)
+        listing = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
+        raise CheckpointError(
+            f"{self.workdir / CHECKPOINT_DIR}: no checkpoint restores ({listing}); move the damaged "
+            "steps away to start over, or train in a new --workdir",
+            tuple(skipped),
+        )
+
+    def _restore_step(
+        self, step: int, abstract_params: Any, abstract_opt_state: Any
+    ) -> tuple[Any, Any, int]:
+        problem = self.verify(step)
+        if problem is not None:
+            raise _DamagedStep(problem)
+        # A step without checksums (or with a fault they cannot see) is checked by reading it: any
+        # failure of Orbax or TensorStore counts as damage, reported by its first line instead of
+        # the whole TensorStore traceback.
+        try:
+            # Whether opt_state was saved, from the directory: Orbax's item_metadata would warn once
+            # per item that it has no handler registered for it.
+            saved_opt = (self.step_dir(step) / "opt_state").exists()
+            args = dict(params=ocp.args.StandardRestore(abstract_params))
+            with_opt = abstract_opt_state is not None and saved_opt
+            if with_opt:
+                args["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+            error = None
+        except Exception as err:  # any read failure is this step's damage
+            error = _first_line(_root_cause(err))
+        if not _all_true(error is None):
+            raise _DamagedStep(error or "another process could not read it")
         return restored["params"], restored["opt_state"] if with_opt else None, step
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the save in flight and its checksums are written (raises CheckpointSaveError
+        when either failed)."""
+        self._settle(block=True)
+        self._check_hashing(block=True)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self._hasher.shutdown(wait=True)
+            self.manager.close()
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost of chained errors: for a TensorStore read, the one naming the file and byte range
+    rather than the wrapper that prints the whole TensorStore spec."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _os_error_code(err: BaseException) -> int | None:
+    """The errno behind an error: an OSError's in its chain, or the one TensorStore puts in its
+    text ("... [os_error_code='28']"); None when the failure did not come from the OS."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen.errno
+        match = re.search(r"os_error_code='?(\d+)", str(seen))
+        if match:
+            return int(match.group(1))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _os_cause(err: BaseException) -> str:
+    """What the OS said, with the errno's name and the file: "File too large (EFBIG, writing F)"."""
+    code = _os_error_code(err)
+    if code is None:
+        return _first_line(_root_cause(err))
+    seen: BaseException | None = err
+    where = ""
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.filename:
+            where = f", {seen.filename}"
+            break
+        written = re.search(r'Failed writing: "([^"]+)"', str(seen))
+        if written:
+            where = f", writing {written.group(1)}"
+            break
+        seen = seen.__cause__ or seen.__context__
+    return f"{os.strerror(code)} ({errno.errorcode.get(code, code)}{where})"
+
+
+def _all_true(flag: bool) -> bool:
+    """Whether `flag` holds on every process (all of them must take the same branch of a restore)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def save_params(workdir: str | Path, step: int, params: dict, cfg: LlamaConfig) -> None:
@@ -334,27 +606,41 @@ def latest_step(workdir: str | Path) -> int | None:
 def restore_model_params(
     workdir: str | Path, cfg: LlamaConfig, sharder: Any = None, step: int | None = None
 ) -> tuple[dict, LlamaConfig, int]:
-    """(parameters, config, step) of the model checkpoint `step` (default: latest) of a workdir holds,
-    onto `sharder`'s mesh (None: one device). For a LoRA workdir that is the plain model its adapters
-    compute: the base of step 0 (quantized as in training, for QLoRA) with the adapters of `step`
-    merged in (`lora.merge`), and the config without `lora`; so sampling, evaluation and export need
-    no separate merge step."""
+    """(parameters, config, step) of the model checkpoint `step` (default: the latest that restores,
+    see `Checkpointer.restore`) of a workdir holds, onto `sharder`'s mesh (None: one device). For a
+    LoRA workdir that is the plain model its adapters compute: the base of step 0 (quantized as in
+    training, for QLoRA) with the adapters of `step` merged in (`lora.merge`), and the config without
+    `lora`; so sampling, evaluation and export need no separate merge step. When no adapter step
+    restores, that is the base alone (step 0), with a warning per damaged step."""
     if cfg.lora is None:
         params, step = restore_params(workdir, canonical_abstract(cfg, sharder), step)
         return params, cfg, step
     plain = cfg.replace(lora=None)
     base, _ = restore_params(workdir, canonical_abstract(plain, sharder), BASE_STEP)
-    step = latest_step(workdir) if step is None else step
-    if step == BASE_STEP:  # imported, not trained yet
+    if step is None:
+        step = _latest_adapters(workdir)
+    if step == BASE_STEP:  # imported, not trained yet (or no adapter step restores)
         return base, plain, step
     base = lora.quantize_base(base, cfg.lora)
     adapters, step = restore_params(workdir, adapter_abstract(cfg, sharder), step)
     return lora.merge(lora.combine(base, adapters), cfg.lora), plain, step
 
 
+def _latest_adapters(workdir: str | Path) -> int:
+    """The latest step after the base whose files pass their checksums; the base step when none."""
+    with Checkpointer(workdir) as ckpt:
+        for step in sorted((s for s in ckpt.all_steps() if s > BASE_STEP), reverse=True):
+            problem = ckpt.verify(step)
+            if problem is None:
+                return step
+            _warn(f"{ckpt.step_dir(step)} is damaged ({problem}); trying the step before it")
+    return BASE_STEP
+
+
 def restore_params(workdir: str | Path, target: dict, step: int | None = None) -> tuple[dict, int]:
-    """Restores the "params" item of `step` (default: latest) onto `target`'s shapes and shardings
-    (e.g. `tpu_train.model.params.canonical_abstract`). Returns (params, step)."""
+    """Restores the "params" item of `step` (default: the latest that restores, older ones tried in
+    turn) onto `target`'s shapes and shardings (e.g. `tpu_train.model.params.canonical_abstract`).
+    Returns (params, step)."""
     if not (workdir_path(workdir) / CHECKPOINT_DIR).exists():
         raise FileNotFoundError(
             f"{workdir_path(workdir) / CHECKPOINT_DIR}: no checkpoint to restore"
@@ -423,10 +709,26 @@ def start(
                 "used without it"
             )
         how = "resumed"
-        base, _, _ = ckpt.restore(BASE_STEP, abstract_params)
+        try:
+            base, _, _ = ckpt.restore(BASE_STEP, abstract_params)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}; a LoRA workdir's base model is step {BASE_STEP}, and the adapters cannot be "
+                "used without it: train in a new --workdir"
+            ) from None
     if latest is None or latest == BASE_STEP:
         return Start(adapters.init(), None, BASE_STEP, how, frozen=base)
-    trained, opt_state, step = ckpt.restore(latest, adapters.abstract, abstract_opt_state)
+    try:
+        trained, opt_state, step = ckpt.restore(
+            None, adapters.abstract, abstract_opt_state, after=BASE_STEP
+        )
+    except CheckpointError as err:  # every adapter step is damaged: the base is the last good state
+        for bad, reason in err.skipped:
+            _warn(
+                f"{ckpt.step_dir(bad)} is damaged ({reason}); starting the adapters afresh on the "
+                f"base (step {BASE_STEP})"
+            )
+        return Start(adapters.init(), None, BASE_STEP, how, frozen=base)
     return Start(trained, opt_state, step, how, frozen=base)
 
 

@@ -10,6 +10,7 @@ the merged model by default; `--lora=adapter` writes a PEFT adapter directory in
 
 from absl import flags
 
+from tpu_train.checkpoint import CheckpointError
 from tpu_train.cli import run_main
 from tpu_train.interop.hf import DEFAULT_MAX_SHARD_BYTES, EXPORT_DTYPES, LORA_EXPORTS, export_hf
 
@@ -34,15 +35,18 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv: list[str]) -> None:
     del argv
-    step, files = export_hf(
-        _WORKDIR.value,
-        _OUT.value,
-        step=_STEP.value,
-        dtype=_DTYPE.value,
-        max_shard_bytes=_MAX_SHARD.value,
-        overwrite=_OVERWRITE.value,
-        lora=_LORA.value,
-    )
+    try:
+        step, files = export_hf(
+            _WORKDIR.value,
+            _OUT.value,
+            step=_STEP.value,
+            dtype=_DTYPE.value,
+            max_shard_bytes=_MAX_SHARD.value,
+            overwrite=_OVERWRITE.value,
+            lora=_LORA.value,
+        )
+    except CheckpointError as err:  # every step damaged, or the one asked for: one line
+        raise SystemExit(f"error: {err}") from None
     print(f"exported step {step} of {_WORKDIR.value} -> {_OUT.value}: {', '.join(files)}")
 
 

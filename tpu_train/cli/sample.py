@@ -24,6 +24,7 @@ import time
 import jax
 from absl import app, flags
 
+from tpu_train.checkpoint import CheckpointError
 from tpu_train.cli import run_main
 from tpu_train.data.prompts import resolve_format
 from tpu_train.sampling import Sampler, SamplingParams, load_for_sampling
@@ -105,13 +106,16 @@ def main(argv: list[str]) -> None:
     overrides = {"compute_dtype": _DTYPE.value} if _DTYPE.value else {}
     # Separate layers decode faster on CPU (see Sampler's unroll_layers); build the model that way.
     overrides["scan_layers"] = jax.default_backend() != "cpu"
-    model, tokenizer, eos_ids = load_for_sampling(
-        workdir=_WORKDIR.value,
-        hf_dir=_HF_DIR.value,
-        step=_STEP.value,
-        sharder=_sharder(),
-        **overrides,
-    )
+    try:
+        model, tokenizer, eos_ids = load_for_sampling(
+            workdir=_WORKDIR.value,
+            hf_dir=_HF_DIR.value,
+            step=_STEP.value,
+            sharder=_sharder(),
+            **overrides,
+        )
+    except CheckpointError as err:  # every step damaged, or the one asked for: one line
+        raise SystemExit(f"error: {err}") from None
     source = _WORKDIR.value or _HF_DIR.value
     if tokenizer is None:
         raise app.UsageError(f"{source} has no tokenizer.json or tokenizer.model to encode prompts")

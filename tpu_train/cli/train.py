@@ -11,7 +11,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from tpu_train.checkpoint import WorkdirBusyError
+from tpu_train.checkpoint import CheckpointError, CheckpointSaveError, WorkdirBusyError
 from tpu_train.cli import run_main
 from tpu_train.training.config_checks import ConfigError
 from tpu_train.training.loop import train
@@ -45,7 +45,8 @@ def main(argv: list[str]) -> None:
         jax.distributed.initialize()
     try:
         train(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, WorkdirBusyError) as err:  # the user's to fix: one line, no traceback
+    # The user's to fix (a config, a busy, full or damaged workdir): one line, no traceback.
+    except (ConfigError, WorkdirBusyError, CheckpointSaveError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
 
 

@@ -387,11 +387,11 @@ def _train(
                 ckpt.wait()
                 say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
                 break
+            ckpt.poll()  # an async save that failed (full or read-only workdir) stops the run here
     finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.flush()
         signal.signal(signal.SIGTERM, previous_handler)
+        writer.flush()
+        ckpt.close()  # waits for the last save; CheckpointSaveError if it failed
     return logger.last
 
 
