@@ -1,5 +1,5 @@
 """Checkpoints are checked on restore (checksums written with each step) and fall back past damaged steps;
-a failed save stops training at once."""
+a failed save stops training at once; a failing command's stderr ends with its error."""
 
 import json
 import re
@@ -179,7 +179,7 @@ def _last_line(stderr: str) -> str:
 def test_a_full_workdir_stops_training_at_once_in_one_line(tmp_path):
     """Files over 300 KB cannot be written (RLIMIT_FSIZE: EFBIG, as a full disk gives ENOSPC): the
     first async save fails, and the run exits naming the workdir and the OS error, not going on to
-    step 20."""
+    step 20 and not ending in Orbax's tracebacks or asyncio's "Event loop is closed"."""
 
     command = train_command(
         tmp_path, "--config.train.num_steps=20", "--config.train.log_every=1",
@@ -193,5 +193,19 @@ def test_a_full_workdir_stops_training_at_once_in_one_line(tmp_path):
     assert _last_line(done.stderr).startswith(
         f"error: {tmp_path}: saving checkpoint step 1 failed: File too large (EFBIG"
     ), done.stderr[-3000:]
+    for noise in ("Traceback", "Event loop is closed", "Task exception was never retrieved"):
+        assert noise not in done.stderr, done.stderr[-3000:]
     assert [r["step"] for r in metric_rows(tmp_path)][-1] <= 3  # stopped at the next step boundary
     assert checkpoint.latest_step(tmp_path) is None
+
+
+def test_an_unknown_config_key_is_the_last_line_and_names_the_flag(tmp_path):
+    done = subprocess.run(
+        train_command(tmp_path, "--config.train.num_stepz=4"),
+        cwd=ROOT, env=train_env(1), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert _last_line(done.stderr) == (
+        "error: --config.train.num_stepz: the config has no field 'num_stepz' "
+        '(Did you mean "num_steps" instead of "num_stepz"?)'
+    )

@@ -8,7 +8,7 @@ A workdir that already holds checkpoints resumes from the latest complete one. O
 """
 
 import jax
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from tpu_train.checkpoint import CheckpointError, CheckpointSaveError, WorkdirBusyError
@@ -35,9 +35,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(
-        logging.WARNING
-    )  # Orbax logs every save step at INFO; our progress goes to stdout
     if _COORDINATOR.value:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
