@@ -163,7 +163,7 @@ def main() -> None:
             notes += f"; transformers generate in batches {hf_rate:.0f} tok/s (first {args.hf_prompts} prompts)"
         print(
             f"| continuous batching, greedy PoT tokens/s, SmolLM2-135M, GSM8K test | "
-            f"{rate['continuous']:.0f} | {peer} | {ratio:.1f}x | {notes} | "
+            f"{rate['continuous']:.0f} | {peer} | {ratio:.2f}x | {notes} | "
             f"`python bench/bench_continuous.py --markdown` |"
         )
     if not same:

@@ -120,18 +120,11 @@ class DecodeState(NamedTuple):
     step: jax.Array  # [] int32 decode steps run (= count of every row still running)
 
 
-def _record(
-    state: DecodeState, new: jax.Array, running: jax.Array, spec: DecodeSpec
-) -> DecodeState:
-    """Appends `new` [B] to the running rows and marks the ones that must stop now."""
-    tokens = state.tokens.at[:, state.step].set(
-        jnp.where(running, new, state.tokens[:, state.step])
-    )
-    count = state.count + running.astype(jnp.int32)
+def stop_code(new: jax.Array, count: jax.Array, full: jax.Array, spec: DecodeSpec) -> jax.Array:
+    """[B] REASON_CODES of the rows that must stop after appending `new` (their `count`-th token), or
+    RUNNING_CODE: EOS first, then max_new_tokens, then `full` (no cache slot for another token)."""
     is_eos = jnp.isin(new, jnp.asarray(spec.eos_ids, jnp.int32)) if spec.eos_ids else False
-    # The next token needs `new` in the cache first: no free slot means the sequence cannot go on.
-    full = state.cache.index >= spec.cache_size
-    code = jnp.where(
+    return jnp.where(
         is_eos,
         REASON_CODES["eos"],
         jnp.where(
@@ -140,6 +133,18 @@ def _record(
             jnp.where(full, REASON_CODES["cache_full"], RUNNING_CODE),
         ),
     )
+
+
+def _record(
+    state: DecodeState, new: jax.Array, running: jax.Array, spec: DecodeSpec
+) -> DecodeState:
+    """Appends `new` [B] to the running rows and marks the ones that must stop now."""
+    tokens = state.tokens.at[:, state.step].set(
+        jnp.where(running, new, state.tokens[:, state.step])
+    )
+    count = state.count + running.astype(jnp.int32)
+    # The next token needs `new` in the cache first: no free slot means the sequence cannot go on.
+    code = stop_code(new, count, state.cache.index >= spec.cache_size, spec)
     stop = running & (code != RUNNING_CODE)
     return state._replace(
         last=jnp.where(running, new, state.last),

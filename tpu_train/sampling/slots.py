@@ -33,8 +33,8 @@ import jax.numpy as jnp
 
 from tpu_train.model.kv_cache import KVCache, init_cache
 from tpu_train.model.llama import Llama
-from tpu_train.sampling.decode import DecodeSpec, select_tokens
-from tpu_train.sampling.sampling_params import REASON_CODES, RUNNING_CODE
+from tpu_train.sampling.decode import DecodeSpec, select_tokens, stop_code
+from tpu_train.sampling.sampling_params import RUNNING_CODE
 
 
 class SlotsState(NamedTuple):
@@ -97,16 +97,7 @@ def _record(state: SlotsState, new: jax.Array, running: jax.Array, spec: DecodeS
     slot = jnp.minimum(state.count, spec.max_new_tokens - 1)
     tokens = state.tokens.at[rows, slot].set(jnp.where(running, new, state.tokens[rows, slot]))
     count = state.count + running.astype(jnp.int32)
-    is_eos = jnp.isin(new, jnp.asarray(spec.eos_ids, jnp.int32)) if spec.eos_ids else False
-    code = jnp.where(
-        is_eos,
-        REASON_CODES["eos"],
-        jnp.where(
-            count >= spec.max_new_tokens,
-            REASON_CODES["max_new_tokens"],
-            jnp.where(count >= state.limit, REASON_CODES["cache_full"], RUNNING_CODE),
-        ),
-    )
+    code = stop_code(new, count, count >= state.limit, spec)
     stop = running & (code != RUNNING_CODE)
     return state._replace(
         last=jnp.where(running, new, state.last),
