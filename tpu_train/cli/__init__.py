@@ -77,13 +77,18 @@ class _OrbaxRecords(std_logging.Filter):
 class _OrbaxOrphanTasks(std_logging.Filter):
     """The same failed batch, seen from asyncio: the writes that failed after the first one are tasks
     (and gathering futures) whose exception nobody retrieves, and asyncio logs each, with its traceback,
-    when it is collected, often after the command's own error line. Only those whose traceback runs
-    through Orbax are dropped."""
+    when it is collected, often after the command's own error line. Only those from Orbax's writes are
+    dropped: a traceback that runs through Orbax, or a TensorStore error that never passed through
+    Python (TensorStore completes the future from C++, so it carries no traceback at all) on a path
+    Orbax is writing."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
             return True
-        tb = record.exc_info[2]
+        _, error, tb = record.exc_info
+        if tb is None:
+            text = str(error)
+            return not ("tensorstore_spec" in text and ".orbax-checkpoint-tmp" in text)
         while tb is not None:
             if "/orbax/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
                 return False
