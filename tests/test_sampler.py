@@ -251,6 +251,38 @@ def test_continuous_batching_refills_rows_and_equals_static_batches(tiny):
         assert c.tokens == a.tokens[:cut]
 
 
+def test_continuous_ring_grows_with_the_prompts_and_rows_keep_their_tokens(tiny, monkeypatch):
+    """Prompts in four length buckets, longest first: they are admitted shortest first and the ring
+    grows (rotated, new slots in front) while other rows are mid-decode; every row's tokens still equal
+    its prompt decoded alone, and the static sampler's."""
+    from tpu_train.sampling import sampler as sampler_module
+
+    model, _, prompts = tiny
+    longest_first = prompts[::-1]
+    params = SamplingParams(max_new_tokens=NEW)
+    alone = [Sampler(model, eos_ids=()).generate([p], params)[0].tokens for p in longest_first]
+    # EOS = the 3rd token of the shortest prompt's answer: rows end at different steps, so the ring
+    # grows while another row is mid-answer (its write index anywhere in the ring).
+    eos = alone[-1][2]
+    expected = [a[: a.index(eos) + 1] if eos in a else a for a in alone]
+    sizes = []
+    grow = sampler_module._grow_slots_jit
+
+    def recording_grow(params, state, *, graphdef, size):
+        sizes.append((state.cache.size, int(state.cache.index), int((~state.done).sum()), size))
+        return grow(params, state, graphdef=graphdef, size=size)
+
+    monkeypatch.setattr(sampler_module, "_grow_slots_jit", recording_grow)
+    sampler = Sampler(model, eos_ids=(eos,), batch_size=2, prompt_bucket=4)
+    rows = sampler.generate(longest_first, params)
+    assert [c.tokens for c in rows] == expected
+    # Padded lengths 4, 8, 12, 20: rings of 16, 20, 24 and 32 slots, grown three times.
+    assert [(old, new) for old, _, _, new in sizes] == [(16, 20), (20, 24), (24, 32)]
+    assert any(index > 0 and live > 0 for _, index, live, _ in sizes)  # a live row was rotated
+    static = Sampler(model, eos_ids=(eos,), batch_size=2, prompt_bucket=4, continuous=False)
+    assert rows == static.generate(longest_first, params)
+
+
 def test_continuous_samples_do_not_depend_on_the_rows(tiny):
     """Each prompt draws with its own key: the same samples on 1, 2 or 8 rows."""
     model, _, prompts = tiny

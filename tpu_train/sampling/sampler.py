@@ -7,7 +7,8 @@
 Two schedules, with the same greedy output:
 
 * continuous (the default, `slots.py`): `batch_size` decode rows share one KV cache ring of
-  S = min(longest padded prompt + max_new_tokens, cache_size) slots. Each prompt is prefilled on its own,
+  S = min(longest padded prompt so far + max_new_tokens, cache_size) slots: prompts are admitted shortest
+  first and the ring grows when a longer one comes. Each prompt is prefilled on its own,
   left-padded to a multiple of `prompt_bucket` (few shapes to compile), into a free row; a
   `lax.while_loop` adds one token per running row and returns to the host as soon as a row finishes while
   prompts wait, so the row is refilled while the others keep decoding. Randomness is per prompt:
@@ -234,13 +235,18 @@ class Sampler:
         while the others keep decoding. Returns {prompt number: completion}."""
         rows = min(self.batch_size, _next_power_of_two(len(order)))
         padded = {i: self._padded_length(len(ids[i]), params) for i in order}
-        spec = self._spec(
-            min(max(padded.values()) + params.max_new_tokens, self.cache_size), params
-        )
+        # Shortest first, so that the ring (read whole by every step) is only as long as the prompts
+        # admitted so far need: it grows when a longer prompt's turn comes.
+        queue = collections.deque(sorted(order, key=padded.__getitem__))
+
+        def ring_size(i: int) -> int:
+            return min(padded[i] + params.max_new_tokens, self.cache_size)
+
+        spec = self._spec(ring_size(queue[0]), params)
         temperature = jnp.float32(params.temperature if params.temperature > 0 else 1.0)
         top_p = jnp.float32(params.top_p)
         state = _empty_slots_jit(self._params, graphdef=self._graphdef, rows=rows, spec=spec)
-        queue, free = collections.deque(order), list(range(rows))
+        free = list(range(rows))
         occupant: dict[int, int] = {}  # row -> prompt number
         checked = np.zeros((rows,), np.int64)  # tokens of each row known to hold no stop string
         every = self.stop_check_every if params.stop else 1 << 30
@@ -248,6 +254,11 @@ class Sampler:
         while queue or occupant:
             while free and queue:
                 i, row = queue.popleft(), free.pop(0)
+                if ring_size(i) > spec.cache_size:
+                    spec = self._spec(ring_size(i), params)
+                    state = _grow_slots_jit(
+                        self._params, state, graphdef=self._graphdef, size=spec.cache_size
+                    )
                 prompt = np.zeros((1, padded[i]), np.int32)
                 prompt[0, padded[i] - len(ids[i]) :] = ids[i]
                 state = _admit_jit(
@@ -340,6 +351,12 @@ def _prefill_jit(params, prompts, padding, active, key, temperature, top_p, *, g
 @functools.partial(jax.jit, static_argnames=("graphdef", "rows", "spec"))
 def _empty_slots_jit(params, *, graphdef, rows, spec):
     return slots.empty_state(nnx.merge(graphdef, params), rows, spec)
+
+
+# Not donated: the grown ring has other shapes, so the old buffers could not be reused anyway.
+@functools.partial(jax.jit, static_argnames=("graphdef", "size"))
+def _grow_slots_jit(params, state, *, graphdef, size):
+    return slots.grow(nnx.merge(graphdef, params), state, size)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec"), donate_argnames=("state",))
