@@ -314,3 +314,18 @@ def test_stop_strings(tiny):
             prefix[: prefix.find(stop)],
         )
     assert hits >= 1 and got[1].stop_reason == "stop_string" and len(got[1].tokens) <= 6
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_progress_bar_counts_every_prompt(tiny, capsys, continuous):
+    model, _, prompts = tiny
+    quiet = Sampler(model, eos_ids=(), continuous=continuous).generate(
+        prompts, SamplingParams(max_new_tokens=NEW)
+    )
+    assert capsys.readouterr().err == ""
+    shown = Sampler(model, eos_ids=(), continuous=continuous).generate(
+        prompts, SamplingParams(max_new_tokens=NEW), progress=True
+    )
+    err = capsys.readouterr().err
+    assert shown == quiet
+    assert "sampling" in err and f"{len(prompts)}/{len(prompts)}" in err and "tok/s" in err

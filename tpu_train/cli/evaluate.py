@@ -122,7 +122,7 @@ def _evaluate_model() -> None:
 
     def generate(prompts: list[str]) -> list[str]:
         print(f"sampling {len(prompts)} completions", file=sys.stderr, flush=True)
-        return [(c.text or "").strip() for c in sampler.generate(prompts, params)]
+        return [(c.text or "").strip() for c in sampler.generate(prompts, params, progress=True)]
 
     config = ExecutorConfig(
         workers=_WORKERS.value, timeout_s=_TIMEOUT.value, allow_weaker=_ALLOW_WEAKER.value

@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
     )
     start = time.perf_counter()
     texts = [fmt.render(p) if fmt else p for _, p in prompts]
-    completions = sampler.generate(texts, params)
+    completions = sampler.generate(texts, params, progress=True)
     seconds = time.perf_counter() - start
     out = open(_OUTPUT.value, "w") if _OUTPUT.value else sys.stdout  # noqa: SIM115
     try:

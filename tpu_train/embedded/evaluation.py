@@ -61,7 +61,7 @@ def evaluate(
     started = time.perf_counter()
 
     def generate(prompts: list[str]) -> list[str]:
-        completions = sampler.generate(prompts, params)
+        completions = sampler.generate(prompts, params, progress=True)
         tokens = sum(len(c.tokens) for c in completions)
         seconds = time.perf_counter() - started
         print(

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import sys
+import time
 from collections.abc import Sequence
 
 import jax
@@ -118,8 +120,11 @@ class Sampler:
         self,
         prompts: Sequence[str | Sequence[int]],
         params: SamplingParams = SamplingParams(),  # noqa: B008 (frozen, so a shared default is safe)
+        progress: bool = False,
     ) -> list[Completion]:
-        """One `Completion` per prompt (a string, or token ids including any BOS), in input order."""
+        """One `Completion` per prompt (a string, or token ids including any BOS), in input order.
+
+        `progress` shows a bar on stderr: prompts finished, and generated tokens/s."""
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings are matched on text; the sampler needs a tokenizer")
         ids = [self.encode(p) for p in prompts]
@@ -131,11 +136,15 @@ class Sampler:
             if len(seq) > self.cache_size:  # cannot even be prefilled: nothing generated
                 results[i] = Completion((), CACHE_FULL, "" if self.tokenizer else None)
         key = jax.random.key(params.seed)
+        bar = _ProgressBar(len(ids), enabled=progress)
+        bar.finished([r for r in results if r is not None])
         if self.continuous:
             order = [i for i, r in enumerate(results) if r is None]
             if order:
-                for i, completion in self._generate_continuous(ids, order, params, key).items():
+                completions = self._generate_continuous(ids, order, params, key, bar)
+                for i, completion in completions.items():
                     results[i] = completion
+            bar.close()
             return results  # type: ignore[return-value]
         order = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: len(ids[i]))
         for batch_number, start in enumerate(range(0, len(order), self.batch_size)):
@@ -147,6 +156,8 @@ class Sampler:
             completions = self._generate_batch([ids[i] for i in members], rows, params, batch_key)
             for i, completion in zip(members, completions, strict=True):
                 results[i] = completion
+            bar.finished(completions)
+        bar.close()
         return results  # type: ignore[return-value]
 
     def _generate_batch(
@@ -229,7 +240,12 @@ class Sampler:
         )
 
     def _generate_continuous(
-        self, ids: list[list[int]], order: list[int], params: SamplingParams, key: jax.Array
+        self,
+        ids: list[list[int]],
+        order: list[int],
+        params: SamplingParams,
+        key: jax.Array,
+        bar: _ProgressBar,
     ) -> dict[int, Completion]:
         """Continuous batching (`slots.py`): `batch_size` rows; a row that finishes takes the next prompt
         while the others keep decoding. Returns {prompt number: completion}."""
@@ -304,9 +320,11 @@ class Sampler:
                         stopped[row] = found
                         done[row] = True
             for row in [r for r in occupant if done[r]]:
-                results[occupant.pop(row)] = self._completion(
+                completion = self._completion(
                     tokens[row], count[row], reasons[row], stopped.get(row)
                 )
+                results[occupant.pop(row)] = completion
+                bar.finished([completion])
                 free.append(row)
             if stopped:  # rows the host stopped: the device must treat them as done (free) too
                 state = state._replace(done=self._place_rows(done))
@@ -375,6 +393,30 @@ def _decode_slots_jit(params, state, until, free_target, temperature, top_p, *, 
 def _decode_jit(params, state, until, key, temperature, top_p, *, graphdef, spec):
     model = nnx.merge(graphdef, params)
     return dec.decode(model, state, until, key, temperature, top_p, spec)
+
+
+class _ProgressBar:
+    """A tqdm bar over prompts (stderr) showing generated tokens/s; does nothing when not enabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="sampling", unit="prompt", file=sys.stderr)
+        self._tokens, self._start = 0, time.perf_counter()
+
+    def finished(self, completions: Sequence[Completion]) -> None:
+        if self._bar is None or not completions:
+            return
+        self._tokens += sum(len(c.tokens) for c in completions)
+        rate = self._tokens / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix_str(f"{rate:.0f} tok/s", refresh=False)
+        self._bar.update(len(completions))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _next_power_of_two(n: int) -> int:
