@@ -16,10 +16,12 @@ import functools
 import json
 import os
 import signal
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from clu import metric_writers
 from etils import epath
 
@@ -189,64 +191,14 @@ def _train(
     input_pipeline.check_mixture(data_cfg, prompt_format)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
-    # With LoRA the model's parameters split into the frozen base and the adapters that train.
-    base_cfg = model_cfg.replace(lora=None)
-    abstract_params = canonical_abstract(base_cfg, sharder)
-    trained_abstract = (
-        abstract_params if model_cfg.lora is None else adapter_abstract(model_cfg, sharder)
-    )
-    replicated = lambda n: jax.device_put(jnp.asarray(n, jnp.int32), sharder.sharding(()))  # noqa: E731
-    param_shardings = jax.tree.map(lambda s: s.sharding, trained_abstract)
-    opt_abstract = jax.eval_shape(tx.init, trained_abstract)
-    opt_shardings = optimizer_state_shardings(opt_abstract, param_shardings, sharder.sharding(()))
-    init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
-    opt_abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), opt_abstract, opt_shardings
-    )
+    import_params = None
+    if source is not None:
 
-    def import_params() -> dict:
-        say(f"importing {source.path} into {workdir} (step 0)")
-        return load_params(source, model_cfg, sharder)
+        def import_params() -> dict:
+            say(f"importing {source.path} into {workdir} (step 0)")
+            return load_params(source, model_cfg, sharder)
 
-    first = checkpoint.start(
-        ckpt,
-        abstract_params,
-        opt_abstract,
-        import_params=import_params if source is not None else None,
-        init_params=lambda: canonical_params(init_model(base_cfg, sharder, seed=config.seed)),
-        adapters=None
-        if model_cfg.lora is None
-        else checkpoint.Adapters(
-            trained_abstract, lambda: init_adapters(model_cfg, sharder, seed=config.seed)
-        ),
-    )
-    opt_state = first.opt_state if first.opt_state is not None else init_opt(first.params)
-    frozen = first.frozen
-    if model_cfg.lora is not None and model_cfg.lora.quantize_base != "none":
-        # QLoRA: quantized at every start; absmax quantization is deterministic, so a resumed run
-        # trains against the same base.
-        quantize = functools.partial(lora.quantize_base, lora=model_cfg.lora)
-        frozen = jax.jit(quantize, donate_argnums=0)(frozen)
-    state = TrainState(
-        step=replicated(first.step), params=first.params, opt_state=opt_state, frozen=frozen
-    )
-    say(
-        {
-            "resumed": f"resumed from {workdir / checkpoint.CHECKPOINT_DIR / str(first.step)} "
-            f"(step {first.step})",
-            "imported": f"imported {model_cfg.num_params() / 1e6:,.1f}M parameters as step 0",
-            "initialised": f"initialised {model_cfg.num_params() / 1e6:,.1f}M parameters from "
-            f"scratch (seed {config.seed})",
-        }[first.how]
-    )
-    say(describe(mesh, state.params))
-    if model_cfg.lora is not None:
-        lora_cfg, trained = model_cfg.lora, model_cfg.lora_params()
-        say(
-            f"LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}: {trained / 1e6:,.2f}M "
-            f"trainable parameters ({100 * trained / model_cfg.num_params():.2f}% of the base); "
-            f"base frozen{'' if lora_cfg.quantize_base == 'none' else ', ' + lora_cfg.quantize_base}"
-        )
+    state = initial_state(config, model_cfg, sharder, tx, ckpt, import_params, say)
 
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = sharder.sharding(
@@ -296,7 +248,7 @@ def _train(
     )
     logger = hooks.MetricsLogger(
         writer,
-        metrics.JsonlWriter(workdir / "metrics.jsonl") if is_main else None,
+        metrics.JsonlWriter(workdir / "metrics.jsonl", keep_through=start) if is_main else None,
         say,
         schedule=schedule,
         tokens_per_step=tokens_per_step,
@@ -321,7 +273,9 @@ def _train(
                     sharder,
                     batch_sharding,
                     writer,
-                    metrics.JsonlWriter(workdir / "validation.jsonl") if is_main else None,
+                    metrics.JsonlWriter(workdir / "validation.jsonl", keep_through=start)
+                    if is_main
+                    else None,
                     say,
                 ),
                 every=config.eval.validation_every_steps,
@@ -393,6 +347,73 @@ def _train(
         writer.flush()
         ckpt.close()  # waits for the last save; CheckpointSaveError if it failed
     return logger.last
+
+
+def initial_state(
+    config: ml_collections.ConfigDict,
+    model_cfg: LlamaConfig,
+    sharder: Sharder,
+    tx: optax.GradientTransformation,
+    ckpt: checkpoint.Checkpointer,
+    import_params: Callable[[], dict] | None,
+    say: Callable[[str], None],
+) -> TrainState:
+    """The run's first TrainState, sharded: resumed from `ckpt`, else imported (`import_params`, saved
+    as step 0), else initialised from `config.seed`; with LoRA (`model_cfg.lora`) the base is frozen
+    (quantized for QLoRA) and only the adapters train. Says which, and how the parameters lie."""
+    # With LoRA the model's parameters split into the frozen base and the adapters that train.
+    base_cfg = model_cfg.replace(lora=None)
+    abstract_params = canonical_abstract(base_cfg, sharder)
+    trained_abstract = (
+        abstract_params if model_cfg.lora is None else adapter_abstract(model_cfg, sharder)
+    )
+    replicated = lambda n: jax.device_put(jnp.asarray(n, jnp.int32), sharder.sharding(()))  # noqa: E731
+    param_shardings = jax.tree.map(lambda s: s.sharding, trained_abstract)
+    opt_abstract = jax.eval_shape(tx.init, trained_abstract)
+    opt_shardings = optimizer_state_shardings(opt_abstract, param_shardings, sharder.sharding(()))
+    init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
+    opt_abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), opt_abstract, opt_shardings
+    )
+    first = checkpoint.start(
+        ckpt,
+        abstract_params,
+        opt_abstract,
+        import_params=import_params,
+        init_params=lambda: canonical_params(init_model(base_cfg, sharder, seed=config.seed)),
+        adapters=None
+        if model_cfg.lora is None
+        else checkpoint.Adapters(
+            trained_abstract, lambda: init_adapters(model_cfg, sharder, seed=config.seed)
+        ),
+    )
+    opt_state = first.opt_state if first.opt_state is not None else init_opt(first.params)
+    frozen = first.frozen
+    if model_cfg.lora is not None and model_cfg.lora.quantize_base != "none":
+        # QLoRA: quantized at every start; absmax quantization is deterministic, so a resumed run
+        # trains against the same base.
+        quantize = functools.partial(lora.quantize_base, lora=model_cfg.lora)
+        frozen = jax.jit(quantize, donate_argnums=0)(frozen)
+    state = TrainState(
+        step=replicated(first.step), params=first.params, opt_state=opt_state, frozen=frozen
+    )
+    say(
+        {
+            "resumed": f"resumed from {ckpt.step_dir(first.step)} (step {first.step})",
+            "imported": f"imported {model_cfg.num_params() / 1e6:,.1f}M parameters as step 0",
+            "initialised": f"initialised {model_cfg.num_params() / 1e6:,.1f}M parameters from "
+            f"scratch (seed {config.seed})",
+        }[first.how]
+    )
+    say(describe(sharder.mesh, state.params))
+    if model_cfg.lora is not None:
+        lora_cfg, trained = model_cfg.lora, model_cfg.lora_params()
+        say(
+            f"LoRA rank {lora_cfg.rank} on {', '.join(lora_cfg.targets)}: {trained / 1e6:,.2f}M "
+            f"trainable parameters ({100 * trained / model_cfg.num_params():.2f}% of the base); "
+            f"base frozen{'' if lora_cfg.quantize_base == 'none' else ', ' + lora_cfg.quantize_base}"
+        )
+    return state
 
 
 __all__ = ["ConfigError", "NonFiniteLossError", "train"]

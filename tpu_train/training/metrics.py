@@ -60,10 +60,16 @@ class JsonlWriter:
     The file is rewritten whole on each write, since Cloud Storage objects cannot be appended to; logging
     happens every few steps, so this stays cheap."""
 
-    def __init__(self, path: epath.PathLike):
+    def __init__(self, path: epath.PathLike, keep_through: int | None = None):
+        """`keep_through`: a resumed run's step; rows logged after it by a run that then died are
+        dropped, since the resumed run logs those steps again."""
         self.path = epath.Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+        if keep_through is not None:
+            self._lines = [
+                line for line in self._lines if json.loads(line).get("step", 0) <= keep_through
+            ]
 
     def write(self, step: int, values: dict[str, float]) -> None:
         self._lines.append(
