@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tpu_train"
 RANK = {"sharding": 0, "model": 0, "interop": 1, "sampling": 2, "evaluation": 3}
 # Packages that never import the trainer (or the embedded default built on top of it).
 BELOW_TRAINING = ("model", "sharding", "interop", "sampling", "evaluation", "planning", "data")
-ABOVE = ("training", "embedded")
+ABOVE = ("training", "embedded", "rl")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -64,6 +64,12 @@ def test_ranked_layers_import_downwards(package):
 @pytest.mark.parametrize("package", BELOW_TRAINING)
 def test_lower_layers_never_import_the_trainer(package):
     bad = _violations(package, lambda dep: dep in ABOVE)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_trainer_never_imports_rl():
+    """RL is built on the trainer (its state set-up, optimizer, checkpoints), never the reverse."""
+    bad = _violations("training", lambda dep: dep == "rl")
     assert not bad, "\n".join(bad)
 
 

@@ -7,6 +7,7 @@ sample      generate from a workdir or a Hugging Face directory
 evaluate    sample, execute and grade on the benchmarks, or grade given predictions
 execute     run programs in the sandbox
 plan        memory and step-time plan of a config on a TPU slice
+rl          GRPO: rewards from running the model's programs in the sandbox
 
 Every program's failure ends its stderr with the error itself: library noise that would bury it
 (Orbax's log records and tracebacks from its background threads, asyncio's "Event loop is closed" and
