@@ -8,6 +8,7 @@
 #   ./launch.sh import  ARGS    python -m tpu_train.import_hf ARGS
 #   ./launch.sh export  ARGS    python -m tpu_train.export_hf ARGS
 #   ./launch.sh train   ARGS    python -m tpu_train.train ARGS
+#   ./launch.sh rl [ARGS]       GRPO on the embedded default's model (runs the default first if missing)
 #   ./launch.sh tpu     ARGS    train on a Cloud TPU VM slice (tpu_train/launch/tpu_vm.py; --dry_run prints)
 #   ./launch.sh sweep FILE ...  run configs/sweeps/FILE's runs one after another and tabulate them
 #   ./launch.sh bench           run the benchmarks and write bench/results.md
@@ -76,6 +77,16 @@ case "$cmd" in
   train)
     ensure_env ""
     exec "$VENV/bin/python" -m tpu_train.train "$@"
+    ;;
+  rl)
+    # GRPO from execution feedback on the embedded default's fine-tuned model (configs/grpo_default.py);
+    # ARGS go to python -m tpu_train.rl (e.g. --config.rl.num_steps=20).
+    ensure_env hf
+    if [ ! -d runs/default/model/checkpoints ]; then
+      echo "[launch] runs/default/model is missing: running the embedded default first" >&2
+      "$VENV/bin/python" -m tpu_train.embedded
+    fi
+    exec "$VENV/bin/python" -m tpu_train.rl --config=configs/grpo_default.py --workdir=runs/default_rl "$@"
     ;;
   tpu)
     ensure_env ""

@@ -159,6 +159,40 @@ def test_update_raises_positive_and_lowers_negative_completions():
     assert int(state.step) == 0  # the loop advances the step, not the update
 
 
+def test_microbatched_logprobs_and_update_equal_the_whole_batch():
+    """Slicing the rollouts into microbatches (so their logits never live at once) changes memory,
+    not results: the same log-probabilities and the same updated parameters, without `old_logp` (the
+    on-policy single update) and without a reference (no KL)."""
+    cfg = get_preset("tiny").replace(vocab_size=16, max_seq_len=8, compute_dtype="float32")
+    params = canonical_params(init_model(cfg, seed=0))
+    tx = make_optimizer(load_config("grpo_tiny_test").optimizer, 10)
+    host = rollout_batch(
+        [[1, 4, 5], [1, 4], [1, 6, 7], [1, 2]],
+        [Completion((9,), "length"), Completion((10, 3), "eos")] * 2,
+        np.array([1.0, -1.0, 0.5, -0.5]),
+        6,
+    )
+    batch = {k: jnp.asarray(v) for k, v in host.items()}
+    whole, whole_entropy = grpo.batch_logprobs(cfg, None, params, batch)
+    sliced, sliced_entropy = jax.jit(
+        lambda p, b: grpo.batch_logprobs(cfg, None, p, b, microbatches=2)
+    )(params, batch)
+    np.testing.assert_allclose(sliced, whole, atol=1e-6)
+    np.testing.assert_allclose(sliced_entropy, whole_entropy, atol=1e-6)
+    results = []
+    for microbatches in (1, 4):
+        state = TrainState(jnp.int32(0), params, tx.init(params))
+        update = jax.jit(grpo.make_update(cfg, None, tx, grpo.LossConfig(), microbatches))
+        results.append(update(state, batch))
+    (one, one_metrics), (four, four_metrics) = results
+    assert "kl" not in one_metrics and float(one_metrics["grad_norm"]) > 0
+    np.testing.assert_allclose(four_metrics["pg_loss"], one_metrics["pg_loss"], atol=1e-6)
+    for a, b in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), one.params, params))
+    assert max(float(m) for m in moved) > 0  # the comparison is not between two untouched copies
+
+
 @pytest.fixture(scope="module")
 def executor():
     with Executor(ExecutorConfig(timeout_s=5.0, workers=2)) as ex:
@@ -319,6 +353,9 @@ def test_rl_on_programs_from_a_fine_tuned_workdir_with_lora(tmp_path, capsys):
         rollout_rows=8,
         eval_items=1,
         gsm8k_items=1,
+        kl_coef=0.01,
+        updates_per_batch=1,  # the ratio from the update's own forward (no old_logp pass)
+        microbatches=1,
     )
     rl_dir = tmp_path / "rl"
     last = train_rl(config, str(rl_dir))

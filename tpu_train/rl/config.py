@@ -24,36 +24,27 @@ def base_rl_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 10
 
     rl = c.rl = ml_collections.ConfigDict()
-    rl.environment = (
-        "programs"  # programs (InfinityMATH records, sandbox reward) | sum (CI fixture)
-    )
+    # programs: InfinityMATH records, rewarded in the sandbox | sum: the CI fixture
+    rl.environment = "programs"
     rl.programs = ""  # InfinityMATH-format JSONL whose programs generate the problems
-    rl.heldout = (
-        ""  # InfinityMATH-format JSONL of held-out variants: never drawn, evaluated greedily
-    )
+    rl.heldout = ""  # InfinityMATH-format JSONL of held-out variants: never drawn, evaluated
     rl.num_steps = 20
     rl.prompts_per_step = 4
     rl.group_size = 8  # completions per prompt (G)
     rl.temperature = 1.0
     rl.top_p = 1.0
     rl.max_new_tokens = 256
-    rl.max_prompt_tokens = (
-        256  # rows are max_prompt_tokens + max_new_tokens long; longer prompts fail
-    )
+    rl.max_prompt_tokens = 256  # a longer prompt is an error; rows are at most both together
     rl.rollout_rows = 16  # decode rows of the sampler (continuous batching)
-    rl.updates_per_batch = (
-        2  # optimizer steps on each batch of rollouts (the clipped ratio matters)
-    )
+    rl.microbatches = 1  # forward/backward over this many slices of the rollouts in turn (memory)
+    rl.updates_per_batch = 2  # optimizer steps per batch of rollouts (the clipped ratio matters)
     rl.clip_low = 0.2
     rl.clip_high = 0.28  # DAPO's clip-higher
-    rl.kl_coef = (
-        0.0  # > 0: KL to the reference (LoRA: the base; else the starting model, kept in memory)
-    )
+    # > 0: KL to the reference (LoRA: the base; else the starting model, kept in memory)
+    rl.kl_coef = 0.0
     rl.scale_advantages = False  # divide by the group std (GRPO) or not (Dr. GRPO, the default)
     rl.format_bonus = 0.0  # added to the reward of a program that ran and returned a number
-    rl.eval_every = (
-        0  # greedy accuracy on the held-out problems every N steps (0: at the start and end)
-    )
+    rl.eval_every = 0  # greedy accuracy every N steps (0: at the start and the end only)
     rl.eval_items = 36  # held-out variants evaluated (the first N)
     rl.gsm8k_items = 0  # and the first N GSM8K test problems beside them
     rl.log_every = 1

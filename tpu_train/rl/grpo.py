@@ -34,7 +34,7 @@ from tpu_train.model import lora
 from tpu_train.model.config import LlamaConfig
 from tpu_train.model.params import model_from_params
 from tpu_train.sharding import Sharder
-from tpu_train.training.step import TrainState
+from tpu_train.training.step import TrainState, accumulate_gradients, split_microbatches
 
 # Batch keys, each [N, L] over N completions of L tokens (prompt + response, right-padded):
 #   inputs, targets (inputs shifted by one), positions, segment_ids (1 real, 0 padding),
@@ -76,25 +76,52 @@ def token_logprobs(
     return target, entropy
 
 
+def batch_logprobs(
+    model_cfg: LlamaConfig,
+    sharder: Sharder | None,
+    params: dict,
+    batch: Batch,
+    temperature: float = 1.0,
+    microbatches: int = 1,
+) -> tuple[jax.Array, jax.Array]:
+    """`token_logprobs` over `microbatches` slices of the rows in turn: the [N, L, vocab] logits of a
+    whole batch of rollouts (tens of GB at a 49k vocabulary) are never alive at once."""
+    if microbatches == 1:
+        return token_logprobs(model_cfg, sharder, params, batch, temperature)
+    split = split_microbatches(batch, microbatches)
+    target, entropy = jax.lax.map(
+        lambda micro: token_logprobs(model_cfg, sharder, params, micro, temperature), split
+    )
+    return target.reshape(-1, target.shape[-1]), entropy.reshape(-1, entropy.shape[-1])
+
+
 def policy_loss_sums(
     logp: jax.Array, batch: Batch, cfg: LossConfig
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(summed token objective to minimise, per-batch sums). The caller divides by the response tokens."""
+    """(summed token objective to minimise, per-batch sums). The caller divides by the response tokens.
+
+    Without `old_logp` in the batch (one update per batch of rollouts: the policy that sampled is the
+    one being updated) the ratio is exp(logp - stop_gradient(logp)) = 1 with the policy gradient's
+    derivative, and no forward pass is spent on the old log-probabilities. Without `ref_logp` there is
+    no KL term."""
     mask = batch["response_mask"].astype(jnp.float32)
     advantages = batch["advantages"][:, None]
-    ratio = jnp.exp(logp - batch["old_logp"])
+    old_logp = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
+    ratio = jnp.exp(logp - old_logp)
     clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     surrogate = jnp.minimum(ratio * advantages, clipped * advantages)
-    log_ratio_ref = batch["ref_logp"] - logp
-    kl = jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0
-    objective = ((-surrogate + cfg.kl_coef * kl) * mask).sum()
+    objective = (-surrogate * mask).sum()
     was_clipped = (ratio * advantages != surrogate) & (mask > 0)
     sums = {
         "pg_loss": (-surrogate * mask).sum(),
-        "kl": (kl * mask).sum(),
         "clipped": was_clipped.astype(jnp.float32).sum(),
         "tokens": mask.sum(),
     }
+    if "ref_logp" in batch:
+        log_ratio_ref = batch["ref_logp"] - logp
+        kl = jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0
+        objective = objective + cfg.kl_coef * (kl * mask).sum()
+        sums["kl"] = (kl * mask).sum()
     return objective, sums
 
 
@@ -114,20 +141,24 @@ def make_update(
     sharder: Sharder | None,
     tx: optax.GradientTransformation,
     cfg: LossConfig,
+    microbatches: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """update(state, batch) -> (state, metrics): one optimizer step on the GRPO objective. Under LoRA
-    only the adapters are differentiated. `state.step` is not advanced: one RL step may hold several
-    updates, and the loop sets the step it has finished."""
+    """update(state, batch) -> (state, metrics): one optimizer step on the GRPO objective, its gradient
+    summed over `microbatches` slices of the rows. Under LoRA only the adapters are differentiated.
+    `state.step` is not advanced: one RL step may hold several updates, and the loop sets the step it
+    has finished."""
 
     def objective(params, frozen, batch):
         model_params = params if frozen is None else lora.combine(frozen, params)
-        logp, _ = token_logprobs(model_cfg, sharder, model_params, batch, cfg.temperature)
-        return policy_loss_sums(logp, batch, cfg)
+        logp, entropy = token_logprobs(model_cfg, sharder, model_params, batch, cfg.temperature)
+        objective, sums = policy_loss_sums(logp, batch, cfg)
+        mask = batch["response_mask"].astype(jnp.float32)
+        return objective, sums | {"entropy": jax.lax.stop_gradient(entropy * mask).sum()}
 
     grad_fn = jax.grad(objective, has_aux=True)
 
     def update(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        grads, sums = grad_fn(state.params, state.frozen, batch)
+        grads, sums = accumulate_gradients(grad_fn, state.params, state.frozen, batch, microbatches)
         tokens = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)
         grad_norm = optax.tree.norm(grads)
@@ -140,11 +171,13 @@ def make_update(
         )
         metrics = {
             "pg_loss": sums["pg_loss"] / tokens,
-            "kl": sums["kl"] / tokens,
+            "entropy": sums["entropy"] / tokens,  # of the policy before this update
             "clip_fraction": sums["clipped"] / tokens,
             "grad_norm": grad_norm,
             "finite": finite.astype(jnp.float32),
         }
+        if "kl" in sums:
+            metrics["kl"] = sums["kl"] / tokens
         return new_state, metrics
 
     return update

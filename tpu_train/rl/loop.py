@@ -43,9 +43,8 @@ from tpu_train.training.loop import initial_state
 from tpu_train.training.optimizer import make_optimizer
 from tpu_train.training.step import TrainState
 
-EVALUATIONS_FILE = (
-    "evaluations.jsonl"  # greedy accuracy per evaluation: step, "<set>/accuracy", "<set>/items"
-)
+# One row per greedy evaluation: step, "<set>/accuracy", "<set>/items".
+EVALUATIONS_FILE = "evaluations.jsonl"
 
 
 def train_rl(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -78,20 +77,22 @@ def _train_rl(
     loss_cfg = grpo.LossConfig(rl.clip_low, rl.clip_high, rl.kl_coef, rl.temperature)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     update = jax.jit(
-        grpo.make_update(model_cfg, sharder, tx, loss_cfg),
+        grpo.make_update(model_cfg, sharder, tx, loss_cfg, rl.microbatches),
         in_shardings=(state_shardings, None),
         out_shardings=(state_shardings, None),
         donate_argnums=(0,),
     )
     logprobs = jax.jit(
-        lambda params, batch: grpo.token_logprobs(model_cfg, sharder, params, batch, rl.temperature)
+        lambda params, batch: grpo.batch_logprobs(
+            model_cfg, sharder, params, batch, rl.temperature, rl.microbatches
+        )
     )
     # The KL reference: LoRA's base costs nothing; a full fine-tune keeps the starting parameters,
     # so only when the KL term is on.
     initial = None
     if model_cfg.lora is None and rl.kl_coef > 0:
         initial = jax.tree.map(jnp.copy, _starting_params(ckpt, state))
-    with_reference = model_cfg.lora is not None or initial is not None
+    with_reference = rl.kl_coef > 0
 
     env = make_environment(config, run)
     writer = metric_writers.create_default_writer(
@@ -253,35 +254,45 @@ def _rl_step(
 
     rewards = scored.rewards.reshape(len(problems), group)
     advantages = grpo.group_advantages(rewards, rl.scale_advantages).reshape(-1)
-    host = rollout_batch(repeated, completions, advantages, run.row_length)
+    longest = max(len(p) + len(c.tokens) - 1 for p, c in zip(repeated, completions, strict=True))
+    host = rollout_batch(repeated, completions, advantages, _row_length(longest, run.row_length))
     batch = {k: jax.device_put(v, _batch_sharding(run, v)) for k, v in host.items()}
-    old_logp, entropy = logprobs(state.model_params(), batch)
-    batch["old_logp"] = old_logp
-    batch["ref_logp"] = (
-        logprobs(grpo.reference_params(state, initial), batch)[0] if with_reference else old_logp
-    )
+    if rl.updates_per_batch > 1:  # the clipped ratio needs the sampling policy's log-probabilities
+        batch["old_logp"] = logprobs(state.model_params(), batch)[0]
+    if with_reference:
+        batch["ref_logp"] = logprobs(grpo.reference_params(state, initial), batch)[0]
     update_metrics = []
     for _ in range(rl.updates_per_batch):
         state, m = update(state, batch)
         update_metrics.append(m)
     state = state.replace(step=state.step + 1)
-    mask = host["response_mask"]
     values = {
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
         "groups_without_signal": int((rewards.std(axis=1) == 0).sum()),
-        "entropy": float((np.asarray(entropy) * mask).sum() / max(mask.sum(), 1)),
+        "entropy": float(update_metrics[0]["entropy"]),
         "response_tokens": float(np.mean([len(c.tokens) for c in completions])),
         "rollouts_per_s": len(completions) / max(sampling_s, 1e-9),
         "programs_per_s": len(completions) / max(scoring_s, 1e-9),
-        "step_seconds": time.perf_counter() - started,
     }
     if with_reference:
         values["kl"] = float(update_metrics[0]["kl"])
     values |= {k: float(update_metrics[-1][k]) for k in ("pg_loss", "clip_fraction", "grad_norm")}
+    values["step_seconds"] = time.perf_counter() - started  # after the floats: updates are async
     counts = collections.Counter(scored.verdicts)
     values |= {f"verdict/{name}": counts[name] for name in sorted(counts)}
     return state, values
+
+
+def _row_length(longest: int, limit: int, multiple: int = 64) -> int:
+    """The update's row length: the longest rollout rounded up to `multiple` (a few shapes to
+    compile) and at most `limit`, so padding to rl.max_prompt_tokens + rl.max_new_tokens is not
+    computed when the answers are short.
+
+        >>> _row_length(130, 384), _row_length(383, 384), _row_length(3, 8, multiple=64)
+        (192, 384, 8)
+    """
+    return min(limit, -(-longest // multiple) * multiple)
 
 
 def _batch_sharding(run: RlRun, value: np.ndarray) -> jax.sharding.Sharding:

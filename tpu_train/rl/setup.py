@@ -104,6 +104,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: epath.Path) -> RlRun:
             f"rl.prompts_per_step x rl.group_size = {rows} rollouts per step do not split over the "
             f"data-parallel size data*fsdp={data_parallel}"
         )
+    if rl.microbatches < 1 or rows % (rl.microbatches * data_parallel):
+        raise ConfigError(
+            f"rl.microbatches={rl.microbatches}: {rows} rollouts per step do not split into that many "
+            f"slices of a multiple of data*fsdp={data_parallel} rows"
+        )
     sharder = Sharder(make_mesh(mesh_shape), sharding_rules(config))
 
     tokenizer, fmt = None, None

@@ -72,6 +72,28 @@ def loss_sums(
     return sums["loss"], sums
 
 
+def split_microbatches(batch: Batch, microbatches: int) -> Batch:
+    """[B, ...] -> [microbatches, B / microbatches, ...] for every array of the batch."""
+    return jax.tree.map(
+        lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch
+    )
+
+
+def accumulate_gradients(grad_fn, params, frozen, batch: Batch, microbatches: int):
+    """grad_fn(params, frozen, batch) -> (grads, sums), summed over `microbatches` slices of the batch
+    (a scan: one slice's activations are alive at a time). Both are sums, so the caller divides once."""
+    if microbatches == 1:
+        return grad_fn(params, frozen, batch)
+    split = split_microbatches(batch, microbatches)
+
+    def accumulate(carry, micro):
+        return jax.tree.map(jnp.add, carry, grad_fn(params, frozen, micro)), None
+
+    first = jax.tree.map(lambda x: x[0], split)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, frozen, first))
+    return jax.lax.scan(accumulate, zeros, split)[0]
+
+
 def make_train_step(
     model_cfg: LlamaConfig,
     sharder: Sharder | None,
@@ -96,22 +118,7 @@ def make_train_step(
     grad_fn = jax.grad(objective, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        if microbatches == 1:
-            grads, sums = grad_fn(state.params, state.frozen, batch)
-        else:
-            split = jax.tree.map(
-                lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch
-            )
-
-            def accumulate(carry, micro):
-                grads, sums = grad_fn(state.params, state.frozen, micro)
-                return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-            first = jax.tree.map(lambda x: x[0], split)
-            zeros = jax.tree.map(
-                jnp.zeros_like, jax.eval_shape(grad_fn, state.params, state.frozen, first)
-            )
-            (grads, sums), _ = jax.lax.scan(accumulate, zeros, split)
+        grads, sums = accumulate_gradients(grad_fn, state.params, state.frozen, batch, microbatches)
         tokens = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / tokens, grads)
         loss = sums["loss"] / tokens
