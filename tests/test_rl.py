@@ -4,18 +4,24 @@ workdir with LoRA (sandbox rewards, held-out evaluation, export)."""
 
 import doctest
 import gzip
-import importlib.util
 import json
 import re
 import signal
-import subprocess
+import socket
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import ROOT, final_params, run_train, train_env
+from train_helpers import (
+    ROOT,
+    final_params,
+    load_config,
+    run_command,
+    run_train,
+    start_command,
+)
 
 from tpu_train.data.prompts import POT_TRIGGER, make_format
 from tpu_train.data.records import ProgramRecord
@@ -54,13 +60,6 @@ NATALIA = json.dumps(
 )
 
 
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def rl_command(workdir, config: str, *overrides) -> list[str]:
     return [
         sys.executable,
@@ -73,15 +72,7 @@ def rl_command(workdir, config: str, *overrides) -> list[str]:
 
 
 def run_rl(workdir, *overrides, config="grpo_tiny_test.py", devices=2, check=True):
-    return subprocess.run(
-        rl_command(workdir, config, *overrides),
-        cwd=ROOT,
-        env=train_env(devices),
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
+    return run_command(rl_command(workdir, config, *overrides), devices, check)
 
 
 def rows(path) -> list[dict]:
@@ -308,6 +299,48 @@ def test_kill_and_resume_equals_a_straight_run(tmp_path):
     ]
     evals = rows(tmp_path / "resumed" / EVALUATIONS_FILE)
     assert [e["step"] for e in evals] == [0, 10]
+
+
+def test_two_processes_run_grpo_as_one_process_does(tmp_path):
+    """The multi-controller path: two processes of 2 devices each (coordinator on loopback) run the
+    same command and reach the parameters a single process of 4 devices reaches, with the same
+    rewards; only process 0 reports."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [
+        "--config.rl.num_steps=4",
+        "--config.rl.prompts_per_step=4",
+        "--config.rl.group_size=4",
+    ]
+    run_rl(tmp_path / "one", *common, devices=4)
+    procs = [
+        start_command(
+            rl_command(
+                tmp_path / "two",
+                "grpo_tiny_test.py",
+                *common,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            devices=2,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "rl step 4/4" in outs[0] and "rl step 4/4" not in outs[1]
+    one_params, one_step = final_params(tmp_path / "one")
+    two_params, two_step = final_params(tmp_path / "two")
+    assert one_step == two_step == 4
+    for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(two_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    same = ("reward_mean", "verdict/correct", "verdict/wrong")
+    one_rows = [[r.get(k) for k in same] for r in rows(tmp_path / "one" / "metrics.jsonl")]
+    assert one_rows == [[r.get(k) for k in same] for r in rows(tmp_path / "two" / "metrics.jsonl")]
+    assert len(one_rows) == 4
 
 
 def test_config_errors_are_one_line(tmp_path):

@@ -281,14 +281,9 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     [("llama2_7b_infinitymath", "llama2_7b", 2379), ("codellama_7b_hybrid", "codellama_7b", 8520)],
 )
 def test_published_recipes_check_out_but_for_the_users_checkpoint(name, preset, steps):
-    import importlib.util
+    from train_helpers import load_config
 
-    from train_helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(name)
     assert (config.optimizer.learning_rate, config.optimizer.warmup_fraction) == (2e-5, 0.03)
     assert (config.train.batch_size, config.train.num_steps, config.optimizer.weight_decay) == (
         128,

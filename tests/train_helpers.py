@@ -17,11 +17,16 @@ FIXTURE_OVERRIDES = [
 ]
 
 
-def tiny_config(**train):
-    spec = importlib.util.spec_from_file_location("tiny_test", ROOT / "configs" / "tiny_test.py")
+def load_config(name: str):
+    """configs/NAME.py's get_config()."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    return module.get_config()
+
+
+def tiny_config(**train):
+    config = load_config("tiny_test")
     config.data.mixture = "fixture_arithmetic"
     config.data.registry_modules = ("seqio_fixture_tasks",)
     config.train.update(train)
@@ -49,10 +54,11 @@ def train_env(devices: int = 1) -> dict[str, str]:
     }
 
 
-def run_train(workdir, *overrides, devices: int = 1, check: bool = True):
-    """Runs a training subprocess to completion (or death) and returns the CompletedProcess."""
+def run_command(command: list[str], devices: int = 1, check: bool = True):
+    """Runs a command of the project to completion (or death) on `devices` fake CPU devices and
+    returns the CompletedProcess (10 minutes at most: a hang fails the test)."""
     return subprocess.run(
-        train_command(workdir, *overrides),
+        command,
         cwd=ROOT,
         env=train_env(devices),
         capture_output=True,
@@ -62,16 +68,26 @@ def run_train(workdir, *overrides, devices: int = 1, check: bool = True):
     )
 
 
-def start_train(workdir, *overrides, devices: int = 1) -> subprocess.Popen:
-    """Starts a training subprocess; stdout and stderr merged, text mode."""
+def start_command(command: list[str], devices: int = 1) -> subprocess.Popen:
+    """Starts a command of the project; stdout and stderr merged, text mode."""
     return subprocess.Popen(
-        train_command(workdir, *overrides),
+        command,
         cwd=ROOT,
         env=train_env(devices),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def run_train(workdir, *overrides, devices: int = 1, check: bool = True):
+    """Runs a training subprocess to completion (or death) and returns the CompletedProcess."""
+    return run_command(train_command(workdir, *overrides), devices, check)
+
+
+def start_train(workdir, *overrides, devices: int = 1) -> subprocess.Popen:
+    """Starts a training subprocess; stdout and stderr merged, text mode."""
+    return start_command(train_command(workdir, *overrides), devices)
 
 
 def final_params(workdir):

@@ -233,6 +233,18 @@ def copy_tokenizer(source: str | Path, workdir: str | Path) -> list[str]:
     return [name for _, name in pairs]
 
 
+def run_locked(workdir: str | Path, run: Callable[[epath.Path, bool], Any]) -> Any:
+    """Creates `workdir` and calls `run(path, is_main)` while process 0 holds its `WorkdirLock`; what
+    a training or RL run does around its loop, so that a second run in the directory is refused."""
+    path = workdir_path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if not is_main:
+        return run(path, is_main)
+    with WorkdirLock(path):
+        return run(path, is_main)
+
+
 class Checkpointer:
     """The one Orbax CheckpointManager over W/checkpoints; every save and restore of a workdir goes here.
 
@@ -280,6 +292,18 @@ class Checkpointer:
         self._hasher = concurrent.futures.ThreadPoolExecutor(1, "checkpoint-checksums")
         self._hashing: concurrent.futures.Future | None = None
         self._damaged: set[int] = set()  # steps skipped by a restore: moved aside when saved again
+
+    @classmethod
+    def for_run(cls, workdir: str | Path, config: Any, *, keep_base: bool) -> Checkpointer:
+        """A training or RL run's checkpointer, from its `checkpoint` config section."""
+        return cls(
+            workdir,
+            every_steps=config.every_steps,
+            keep=config.keep,
+            keep_every=config.keep_every,
+            async_save=config.async_save,
+            keep_base=keep_base,
+        )
 
     def __enter__(self) -> Checkpointer:
         return self

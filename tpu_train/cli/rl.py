@@ -6,14 +6,14 @@ The run starts from `config.init.workdir` (a tpu_train run, e.g. a fine-tuned on
 checkpoint (`config.init.hf_dir` / `config.init.gguf`); a workdir that already holds RL checkpoints
 resumes from the latest complete one. Each step samples `rl.group_size` completions for each of
 `rl.prompts_per_step` fresh problems, runs their programs in the sandbox, and updates the policy.
+Multi-process as for training: --distributed on a TPU VM pod slice (every worker runs the same
+command), or --coordinator_address, --num_processes and --process_id.
 """
 
 from absl import flags
 from ml_collections import config_flags
 
-from tpu_train.checkpoint import CheckpointError, CheckpointSaveError, WorkdirBusyError
-from tpu_train.cli import run_main
-from tpu_train.training.config_checks import ConfigError
+from tpu_train.cli import run_main, runs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file (configs/grpo_*.py)", lock_config=True
@@ -28,10 +28,7 @@ def main(argv: list[str]) -> None:
     del argv
     from tpu_train.rl.loop import train_rl  # after flag parsing: --help stays fast
 
-    try:
-        train_rl(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, WorkdirBusyError, CheckpointSaveError, CheckpointError) as err:
-        raise SystemExit(f"error: {err}") from None
+    runs.run_job(lambda: train_rl(_CONFIG.value, _WORKDIR.value))
 
 
 def run() -> None:

@@ -15,7 +15,6 @@ produces the same rollouts and parameters as one that never stopped.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import signal
@@ -49,11 +48,7 @@ EVALUATIONS_FILE = "evaluations.jsonl"
 
 def train_rl(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs (or resumes) GRPO to `config.rl.num_steps`; returns the last step's metrics."""
-    workdir = checkpoint.workdir_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    is_main = jax.process_index() == 0
-    with checkpoint.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
-        return _train_rl(config, workdir, is_main)
+    return checkpoint.run_locked(workdir, lambda path, is_main: _train_rl(config, path, is_main))
 
 
 def _train_rl(
@@ -64,13 +59,8 @@ def _train_rl(
     run = prepare(config, workdir)
     model_cfg, sharder = run.model_cfg, run.sharder
     tx = make_optimizer(config.optimizer, rl.num_steps * rl.updates_per_batch)
-    ckpt = checkpoint.Checkpointer(
-        workdir,
-        every_steps=config.checkpoint.every_steps,
-        keep=config.checkpoint.keep,
-        keep_every=config.checkpoint.keep_every,
-        async_save=config.checkpoint.async_save,
-        keep_base=model_cfg.lora is not None,
+    ckpt = checkpoint.Checkpointer.for_run(
+        workdir, config.checkpoint, keep_base=model_cfg.lora is not None
     )
     state = initial_state(config, model_cfg, sharder, tx, ckpt, _importer(run, say), say)
     start = int(state.step)

@@ -10,7 +10,6 @@ Only process 0 writes metrics and prints; every process takes part in checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -154,11 +153,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     The workdir is locked for the run (`checkpoint.WorkdirLock`, taken by process 0): a second run in
     the same workdir fails with WorkdirBusyError instead of overwriting this one's checkpoints."""
-    workdir = checkpoint.workdir_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    is_main = jax.process_index() == 0
-    with checkpoint.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
-        return _train(config, workdir, is_main)
+    return checkpoint.run_locked(workdir, lambda path, is_main: _train(config, path, is_main))
 
 
 def _train(
@@ -175,13 +170,8 @@ def _train(
     tx = make_optimizer(config.optimizer, num_steps)
     schedule = learning_rate_schedule(config.optimizer, num_steps)
 
-    ckpt = checkpoint.Checkpointer(
-        workdir,
-        every_steps=config.checkpoint.every_steps,
-        keep=config.checkpoint.keep,
-        keep_every=config.checkpoint.keep_every,
-        async_save=config.checkpoint.async_save,
-        keep_base=model_cfg.lora is not None,
+    ckpt = checkpoint.Checkpointer.for_run(
+        workdir, config.checkpoint, keep_base=model_cfg.lora is not None
     )
     # Written before the first checkpoint so that every step in W has its config beside it.
     checkpoint.write_model_config(workdir, model_cfg)
