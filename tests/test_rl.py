@@ -7,7 +7,6 @@ import gzip
 import json
 import re
 import signal
-import socket
 import sys
 
 import jax
@@ -19,8 +18,8 @@ from train_helpers import (
     final_params,
     load_config,
     run_command,
+    run_processes,
     run_train,
-    start_command,
 )
 
 from tpu_train.data.prompts import POT_TRIGGER, make_format
@@ -305,32 +304,15 @@ def test_two_processes_run_grpo_as_one_process_does(tmp_path):
     """The multi-controller path: two processes of 2 devices each (coordinator on loopback) run the
     same command and reach the parameters a single process of 4 devices reaches, with the same
     rewards; only process 0 reports."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     common = [
         "--config.rl.num_steps=4",
         "--config.rl.prompts_per_step=4",
         "--config.rl.group_size=4",
     ]
     run_rl(tmp_path / "one", *common, devices=4)
-    procs = [
-        start_command(
-            rl_command(
-                tmp_path / "two",
-                "grpo_tiny_test.py",
-                *common,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            devices=2,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=400)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    outs = run_processes(
+        rl_command(tmp_path / "two", "grpo_tiny_test.py", *common), processes=2, devices=2
+    )
     assert "rl step 4/4" in outs[0] and "rl step 4/4" not in outs[1]
     one_params, one_step = final_params(tmp_path / "one")
     two_params, two_step = final_params(tmp_path / "two")

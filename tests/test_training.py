@@ -2,7 +2,6 @@
 
 import json
 import signal
-import socket
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,15 @@ import pytest
 
 # pytest puts tests/ on sys.path (no __init__.py there), so the helper modules import directly.
 import seqio_fixture_tasks  # noqa: F401  (registers fixture_arithmetic)
-from train_helpers import final_params, metric_rows, run_train, start_train, tiny_config
+from train_helpers import (
+    final_params,
+    metric_rows,
+    run_processes,
+    run_train,
+    start_train,
+    tiny_config,
+    train_command,
+)
 
 from tpu_train import checkpoint
 from tpu_train.model import get_preset
@@ -244,28 +251,18 @@ def test_tokenizer_larger_than_the_vocabulary_is_caught():
 
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
     """Two local CPU processes (coordinator on loopback), each feeding its own data shard."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
 
     def launch(num_steps: int) -> list[str]:
-        procs = [
-            start_train(
+        return run_processes(
+            train_command(
                 tmp_path,
                 f"--config.train.num_steps={num_steps}",
                 "--config.train.log_every=2",
                 "--config.checkpoint.every_steps=2",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-                devices=2,
-            )
-            for i in range(2)
-        ]
-        outs = [p.communicate(timeout=400)[0] for p in procs]
-        for p, out in zip(procs, outs, strict=True):
-            assert p.returncode == 0, out[-3000:]
-        return outs
+            ),
+            processes=2,
+            devices=2,
+        )
 
     first = launch(4)
     assert "mesh [fsdp=4] (4 devices)" in first[0]

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,31 @@ def start_command(command: list[str], devices: int = 1) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def run_processes(command: list[str], processes: int = 2, devices: int = 1) -> list[str]:
+    """Runs `command` as a multi-controller job of `processes` local processes of `devices` fake
+    CPU devices each (coordinator on loopback), as every worker of a slice runs it; asserts they all
+    exit 0 within 400 s and returns their outputs (stdout and stderr merged), by process index."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        start_command(
+            [
+                *command,
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+            ],
+            devices,
+        )
+        for i in range(processes)
+    ]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    return outs
 
 
 def run_train(workdir, *overrides, devices: int = 1, check: bool = True):
