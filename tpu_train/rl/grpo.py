@@ -110,10 +110,10 @@ def policy_loss_sums(
     ratio = jnp.exp(logp - old_logp)
     clipped = jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     surrogate = jnp.minimum(ratio * advantages, clipped * advantages)
-    objective = (-surrogate * mask).sum()
+    objective = pg_loss = (-surrogate * mask).sum()
     was_clipped = (ratio * advantages != surrogate) & (mask > 0)
     sums = {
-        "pg_loss": (-surrogate * mask).sum(),
+        "pg_loss": pg_loss,
         "clipped": was_clipped.astype(jnp.float32).sum(),
         "tokens": mask.sum(),
     }

@@ -79,10 +79,10 @@ def _train_rl(
     )
     # The KL reference: LoRA's base costs nothing; a full fine-tune keeps the starting parameters,
     # so only when the KL term is on.
-    initial = None
-    if model_cfg.lora is None and rl.kl_coef > 0:
-        initial = jax.tree.map(jnp.copy, _starting_params(ckpt, state))
     with_reference = rl.kl_coef > 0
+    initial = None
+    if model_cfg.lora is None and with_reference:
+        initial = jax.tree.map(jnp.copy, _starting_params(ckpt, state))
 
     env = make_environment(config, run)
     writer = metric_writers.create_default_writer(
