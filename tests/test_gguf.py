@@ -16,10 +16,10 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from tpu_train.interop import hf_weights
+from tpu_train.interop import hf
 from tpu_train.interop.gguf import GGUFCheckpoint
 from tpu_train.interop.hf_config import UnsupportedCheckpointError
-from tpu_train.model.params import canonical_abstract, model_from_params
+from tpu_train.model.params import model_from_params
 
 # Dims are multiples of 32 (the block size of Q8_0 / Q4_1) along every row.
 TINY = dict(
@@ -173,15 +173,7 @@ def _convert(hf_dir: Path, torch_model, vocab: dict, name: str = "model.gguf", *
 
 def _our_model(ckpt: GGUFCheckpoint, **overrides):
     cfg = ckpt.config(compute_dtype="float32", **overrides)
-    abstract = canonical_abstract(cfg, None)
-    shapes = {
-        tuple(k.key for k in path): leaf.shape
-        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
-    }
-    params = hf_weights.load_params(
-        ckpt.get, ckpt.names(), cfg, shapes, lambda path, value: jnp.asarray(value)
-    )
-    return cfg, params
+    return cfg, hf.load_params(ckpt, cfg)
 
 
 def _our_logits(ckpt: GGUFCheckpoint, tokens: np.ndarray, **overrides) -> np.ndarray:
@@ -572,3 +564,26 @@ def test_smollm2_q4_1_file(tmp_path):
     print(f"SmolLM2 Q4_1: {tokens.shape[1]} tokens, max |logit difference| = {diff:.2e}")
     assert np.abs(theirs).max() > 5.0
     assert diff < 1e-3
+
+
+def test_parts_of_quantized_tensors_equal_the_whole_and_import_sharded(hf_llama_factory, vocab):
+    """A sharded import dequantizes row ranges: Q/K rows are un-permuted per head, so a part that
+    starts inside a head still equals that part of the whole tensor; the sharded import equals the
+    plain one."""
+    from tpu_train.sharding import Sharder, make_mesh
+
+    n = len(vocab["tokens"])
+    hf_dir, torch_model = hf_llama_factory("parts", **TINY, vocab_size=n)
+    ckpt = GGUFCheckpoint(_convert(hf_dir, torch_model, vocab, quant=QUANTIZED))
+    for name in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+    ):
+        whole = ckpt.get(name)
+        for rows in (slice(0, whole.shape[0] // 2), slice(3, whole.shape[0] - 5)):
+            cols = slice(8, whole.shape[1])
+            np.testing.assert_array_equal(ckpt.read(name, (rows, cols)), whole[rows, cols])
+    cfg = ckpt.config(compute_dtype="float32")
+    plain = jax.device_get(hf.load_params(ckpt, cfg))
+    sharded = hf.load_params(ckpt, cfg, Sharder(make_mesh({"fsdp": 2, "tensor": 4})))
+    np.testing.assert_equal(jax.device_get(sharded), plain)

@@ -14,11 +14,9 @@ import seqio_fixture_tasks  # noqa: F401  (registers fixture_arithmetic)
 from train_helpers import (
     final_params,
     metric_rows,
-    run_processes,
     run_train,
     start_train,
     tiny_config,
-    train_command,
 )
 
 from tpu_train import checkpoint
@@ -63,9 +61,7 @@ def test_validation_loss_hook_scores_the_validation_split(tmp_path):
     assert [r["step"] for r in metric_rows(tmp_path)] == [2, 4]  # the training rows stay apart
     data_cfg = validation_data(config.data)
     data_cfg.tokenizer = str(tmp_path)
-    batches = input_pipeline.global_batches(
-        data_cfg, config.train.batch_size, seed=0, process_index=0, process_count=1
-    )
+    batches = input_pipeline.global_batches(data_cfg, config.train.batch_size, seed=0)
     params, _ = final_params(tmp_path)
     cfg = checkpoint.read_model_config(tmp_path)
     loss = tokens = 0.0
@@ -79,7 +75,7 @@ def test_validation_loss_hook_scores_the_validation_split(tmp_path):
 
 
 def _batch(config, n):
-    it = input_pipeline.global_batches(config.data, n, seed=0, process_index=0, process_count=1)
+    it = input_pipeline.global_batches(config.data, n, seed=0)
     return {k: jnp.asarray(v) for k, v in next(it).items()}
 
 
@@ -247,30 +243,6 @@ def test_data_that_never_fits_the_feature_lengths_is_an_error(tmp_path):
 def test_tokenizer_larger_than_the_vocabulary_is_caught():
     with pytest.raises(ConfigError, match="has 4096 pieces but the model's vocab_size is 512"):
         check_config(tiny_config(), get_preset("tiny"), num_devices=8, process_count=1)
-
-
-def test_two_processes_train_checkpoint_and_resume(tmp_path):
-    """Two local CPU processes (coordinator on loopback), each feeding its own data shard."""
-
-    def launch(num_steps: int) -> list[str]:
-        return run_processes(
-            train_command(
-                tmp_path,
-                f"--config.train.num_steps={num_steps}",
-                "--config.train.log_every=2",
-                "--config.checkpoint.every_steps=2",
-            ),
-            processes=2,
-            devices=2,
-        )
-
-    first = launch(4)
-    assert "mesh [fsdp=4] (4 devices)" in first[0]
-    assert "step 4/4" in first[0] and "step 4/4" not in first[1]  # only process 0 reports
-    second = launch(6)
-    assert "resumed from" in second[0]
-    _, step = final_params(tmp_path)
-    assert step == 6
 
 
 @pytest.mark.parametrize(

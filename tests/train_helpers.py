@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -81,14 +82,15 @@ def start_command(command: list[str], devices: int = 1) -> subprocess.Popen:
     )
 
 
-def run_processes(command: list[str], processes: int = 2, devices: int = 1) -> list[str]:
-    """Runs `command` as a multi-controller job of `processes` local processes of `devices` fake
-    CPU devices each (coordinator on loopback), as every worker of a slice runs it; asserts they all
-    exit 0 within 400 s and returns their outputs (stdout and stderr merged), by process index."""
+def start_processes(
+    command: list[str], processes: int = 2, devices: int = 1
+) -> list[subprocess.Popen]:
+    """Starts `command` as a multi-controller job of `processes` local processes of `devices` fake
+    CPU devices each (coordinator on loopback), as every worker of a slice runs it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [
+    return [
         start_command(
             [
                 *command,
@@ -100,10 +102,28 @@ def run_processes(command: list[str], processes: int = 2, devices: int = 1) -> l
         )
         for i in range(processes)
     ]
-    outs = [p.communicate(timeout=400)[0] for p in procs]
+
+
+def finish_processes(procs: list[subprocess.Popen], timeout: float = 400) -> list[str]:
+    """Waits for a job's processes; asserts they all exit 0 within `timeout` s in all (a hang fails
+    the test, and kills them) and returns their outputs (stdout and stderr merged), by process index."""
+    deadline = time.monotonic() + timeout
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise AssertionError(f"the job did not finish within {timeout} s") from None
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
     return outs
+
+
+def run_processes(command: list[str], processes: int = 2, devices: int = 1) -> list[str]:
+    """Runs `command` as a multi-controller job (`start_processes`) to its end (`finish_processes`)."""
+    return finish_processes(start_processes(command, processes, devices))
 
 
 def run_train(workdir, *overrides, devices: int = 1, check: bool = True):

@@ -429,7 +429,7 @@ class Checkpointer:
                 _warn(f"deleting the damaged step {self.step_dir(step)}; saving it again")
         if not _is_local(self.workdir):
             self.manager.delete(step)
-        _sync("tpu_train_checkpoint_move_aside")
+        sync_processes("tpu_train_checkpoint_move_aside")
         self.manager.reload()
 
     def verify(self, step: int) -> str | None:
@@ -595,7 +595,9 @@ def _all_true(flag: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.array([flag]))))
 
 
-def _sync(name: str) -> None:
+def sync_processes(name: str) -> None:
+    """Waits until every process reaches this point (no-op for one process); e.g. until process 0 has
+    written files the others read."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -212,3 +212,20 @@ def optimizer_state_shardings(opt_abstract, param_shardings, replicated):
         opt_abstract,
         is_leaf=like_params,
     )
+
+
+def put_global(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host value that every process holds alike, as a jax.Array laid out by `sharding`; each process
+    copies only the slices its own devices hold (so it also works when the mesh spans processes)."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def fetch_global(tree: object) -> object:
+    """`jax.device_get` for arrays that may span processes: each process gets the whole value of every
+    leaf (gathered across processes when a leaf has slices on other hosts)."""
+    leaves = jax.tree.leaves(tree)
+    if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,4 +1,4 @@
-"""Packed, loss-masked training batches from a SeqIO task or mixture, one shard per host.
+"""Packed, loss-masked training batches from a SeqIO task or mixture.
 
 `get_dataset` runs the task through `seqio.PrefixLMFeatureConverter(loss_on_targets_only=True)`,
 which packs several examples per row, and then drops the first slot of every example (see below), so
@@ -18,8 +18,9 @@ Without the slot whose input is that 0 (its target, x_0, is never a loss target)
 sampler inputs are the same token sequence at the same positions.
 
 Padding is id 0 (SeqIO's pad id) and is told apart from tokens by segment id 0 and loss weight 0, so a
-tokenizer whose id 0 is a real token, or whose pad token is its EOS (SmolLM2), still learns EOS. Each
-host reads its own shard: `host_shard_info()` = (process index, count).
+tokenizer whose id 0 is a real token, or whose pad token is its EOS (SmolLM2), still learns EOS. Every
+host reads the whole mixture, so the batches do not depend on the number of hosts
+(`tpu_train.training.input_pipeline`).
 
 Example:
     >>> register_tasks()  # doctest: +SKIP
@@ -36,13 +37,6 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import seqio
 import tensorflow as tf
-
-
-def host_shard_info() -> seqio.ShardInfo:
-    """This host's shard: (jax.process_index(), jax.process_count())."""
-    import jax
-
-    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
 
 
 def task_feature_lengths(sequence_length: int, inputs_fraction: float = 0.5) -> dict[str, int]:
@@ -75,7 +69,7 @@ def get_dataset(
 ) -> tf.data.Dataset:
     """Batches of model features for a registered task or mixture (tasks must be registered).
 
-    `batch_size` is per host; `shard_info` defaults to `host_shard_info()`. With `num_epochs=None`
+    `shard_info` (default: the whole data) reads one shard of the data. With `num_epochs=None`
     the data repeats forever. `feature_lengths` ({"inputs", "targets"}, summing to
     `sequence_length`) overrides the even prompt/response split. The order is deterministic for a
     seed, so skipping the first n batches resumes exactly.
@@ -90,7 +84,7 @@ def get_dataset(
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=num_epochs,
-        shard_info=shard_info if shard_info is not None else host_shard_info(),
+        shard_info=shard_info,
         seed=seed,
         verbose=False,
     )

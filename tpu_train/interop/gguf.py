@@ -57,6 +57,7 @@ import numpy as np
 
 from tpu_train import tokenizer_files
 from tpu_train.interop.hf_config import UnsupportedCheckpointError, config_from_hf
+from tpu_train.interop.hf_weights import full_index
 from tpu_train.model.config import LlamaConfig, RopeScaling
 from tpu_train.model.rope import inverse_frequencies
 
@@ -174,6 +175,7 @@ class GGUFCheckpoint:
         # Built on first use, so that tensors and the tokenizer stay readable from a file whose
         # config this model cannot express (the error then comes from `hf_config`/`config`).
         self._hf_config: dict | None = None
+        self._rows_cache: tuple[Any, np.ndarray | None] = (None, None)  # the last rows dequantized
 
     # -- metadata ----------------------------------------------------------------------------------
 
@@ -306,29 +308,61 @@ class GGUFCheckpoint:
         """The Hugging Face tensor names this file holds (`rope_freqs` is config, not a tensor)."""
         return set(self._by_hf)
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """{Hugging Face name: shape} of every tensor, from the file's tensor infos."""
+        return {hf: self._shape(name) for hf, name in self._by_hf.items()}
+
     def get(self, hf_name: str) -> np.ndarray:
         """One tensor, dequantized to float32, in the Hugging Face layout and shape."""
+        return self.read(hf_name)
+
+    def read(self, hf_name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
+        """Part `index` of a tensor, dequantized to float32, in the Hugging Face layout.
+
+        Quantized blocks run along a row, so only the rows asked for are dequantized; a part that is a
+        column range (a tensor split by columns) costs the whole row range, which is kept for the next
+        part of the same rows. Q and K rows are un-permuted per head, on whole heads."""
         try:
             name = self._by_hf[hf_name]
         except KeyError:
             raise KeyError(f"{self.path}: no tensor {hf_name!r}") from None
-        w = self._dequantize(name)
+        shape = self._shape(name)
+        index = full_index(index, shape)
+        rows, heads = index[0], None
         if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
             # Read the head counts directly: the rest of the config need not be valid for this.
             heads = int(self._uniform("llama.attention.head_count"))
             if hf_name.endswith("k_proj.weight"):
                 heads = int(self._uniform("llama.attention.head_count_kv", heads))
-            w = _unpermute_rows(w, heads)
-        return w
+        if heads is None:
+            lo, hi = rows.start, rows.stop
+        else:  # whole heads, so that the per-head permutation can be undone
+            per_head = shape[0] // heads
+            lo, hi = rows.start // per_head * per_head, -(-rows.stop // per_head) * per_head
+        key = (name, lo, hi)
+        if self._rows_cache[0] != key:
+            w = self._dequantize(name, lo, hi)
+            if heads is not None:
+                w = _unpermute_rows(w, (hi - lo) // per_head)
+            self._rows_cache = (key, w)
+        w = self._rows_cache[1]
+        return w[(slice(rows.start - lo, rows.stop - lo), *index[1:])]
 
-    def _dequantize(self, name: str) -> np.ndarray:
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in reversed(self._tensors[name].shape.tolist()))  # ne -> numpy
+
+    def _dequantize(self, name: str, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows lo:hi (default: all) of a tensor, dequantized to float32."""
         t = self._tensors[name]
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ne order -> numpy order
+        shape = self._shape(name)
+        hi = shape[0] if hi is None else hi
         # np.array copies out of the read-only memmap, so callers get an ordinary writable array.
-        w = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if w.shape != shape:
+        w = np.array(gguf.quants.dequantize(t.data[lo:hi], t.tensor_type), dtype=np.float32)
+        want = (hi - lo, *shape[1:])
+        if w.shape != want:
             raise UnsupportedCheckpointError(
-                f"{self.path}: tensor {name!r} dequantized to {list(w.shape)}, expected {list(shape)}"
+                f"{self.path}: tensor {name!r} rows {lo}:{hi} dequantized to {list(w.shape)}, "
+                f"expected {list(want)}"
             )
         return w
 

@@ -63,19 +63,21 @@ class HfDirectory:
             self._reader = CheckpointReader(self.path)
         return self._reader
 
-    def names(self) -> set[str]:
-        return set(self.reader.names())
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.reader.shapes()
 
-    def get(self, name: str) -> np.ndarray:
-        return self.reader.get(name)
+    def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
+        """Part `index` of a tensor (whole by default), read from the memory-mapped file."""
+        return self.reader.read(name, index)
 
     def write_tokenizer(self, out_dir: str | Path) -> list[str]:
         """Copies the directory's tokenizer files, if it has any (returns their names)."""
         return checkpoint.copy_tokenizer(self.path, out_dir)
 
 
-# What an import reads: `config(**overrides)`, `names()`, `get(hf_name)` (HF layout, float32) and
-# `write_tokenizer(local_dir)`. `GGUFCheckpoint` (a llama.cpp file, `tpu_train.interop.gguf`) is one.
+# What an import reads: `config(**overrides)`, `shapes()` ({HF name: shape}), `read(hf_name, index)`
+# (part `index` of a tensor, HF layout, float32) and `write_tokenizer(local_dir)`. `GGUFCheckpoint`
+# (a llama.cpp file, `tpu_train.interop.gguf`) is one.
 ImportSource = Any
 
 
@@ -101,27 +103,32 @@ def write_tokenizer(source: ImportSource, workdir: str | Path) -> list[str]:
 def load_params(source: ImportSource, cfg: LlamaConfig, sharder: Sharder | None = None) -> dict:
     """The canonical parameter tree of an import source, each parameter placed (and sharded) on device.
 
-    Every parameter is built as a global array from per-device slices of the host copy
-    (`jax.make_array_from_callback`), so the same code places it on one CPU or a multi-process mesh."""
+    Every parameter is built as a global array from per-device parts (`jax.make_array_from_callback`),
+    each read from the source on its own: a process reads only the parts its devices hold, and holds
+    on the host at most one parameter's worth of them, never the whole model. Devices that hold the
+    same part (replicas) share one read."""
     target = canonical_abstract(cfg, sharder)
-
-    def place(path: tuple[str, ...], value: np.ndarray) -> jax.Array:
-        leaf = target
-        for key in path:
-            leaf = leaf[key]
-        value = value.astype(leaf.dtype)
-        if leaf.sharding is None:
-            return jax.device_put(value)
-        return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
-
-    shapes = jax.tree.map(lambda x: x.shape, target)
-    flat_shapes = {
-        tuple(k.key for k in path): shape
-        for path, shape in jax.tree_util.tree_flatten_with_path(
-            shapes, is_leaf=lambda x: isinstance(x, tuple)
-        )[0]
+    leaves = {
+        tuple(k.key for k in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]
     }
-    return hf_weights.load_params(source.get, source.names(), cfg, flat_shapes, place)
+
+    def place(path: tuple[str, ...], shape: tuple[int, ...], read_part) -> jax.Array:
+        leaf = leaves[path]
+        if leaf.sharding is None:
+            return jax.device_put(read_part(()).astype(leaf.dtype))
+        parts: dict = {}
+
+        def part(index: tuple[slice, ...]) -> np.ndarray:
+            key = tuple(s.indices(n)[:2] for s, n in zip(index, shape, strict=False))
+            if key not in parts:
+                parts[key] = read_part(index).astype(leaf.dtype)
+            return parts[key]
+
+        return jax.make_array_from_callback(shape, leaf.sharding, part)
+
+    shapes = {path: tuple(leaf.shape) for path, leaf in leaves.items()}
+    return hf_weights.load_params(source.read, source.shapes(), cfg, shapes, place)
 
 
 def load_hf_params(hf_dir: str | Path, cfg: LlamaConfig, sharder: Sharder | None = None) -> dict:

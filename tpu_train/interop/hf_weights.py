@@ -21,7 +21,8 @@ them). Because RoPE uses the Hugging Face rotate-half layout, every conversion i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -32,105 +33,179 @@ from tpu_train.model.config import LlamaConfig
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+Index = tuple[slice, ...]  # one device's part of an array, as jax.make_array_from_callback gives it
+# (HF name, HF index) -> that part of the HF tensor, float32: what an import source reads.
+ReadTensor = Callable[[str, Index], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one layer's HF tensor becomes ours: HF axis i is split into `groups[i]` axes (the first one
+    outer), and the split axes are transposed by `perm`. E.g. q_proj, HF [H*D, E] -> ours [E, H, D]:
+    groups (2, 1) split it into [H, D, E], perm (2, 0, 1) makes it [E, H, D]. Because the outer axis of
+    a split is the one our shardings cut (heads, not head_dim), a device's slice of our array is a
+    contiguous range of HF rows and columns: `read` fetches only that."""
+
+    groups: tuple[int, ...]
+    perm: tuple[int, ...]
+
+    def split_shape(self, ours: tuple[int, ...]) -> list[int]:
+        split = [0] * len(ours)
+        for j, axis in enumerate(self.perm):
+            split[axis] = ours[j]
+        return split
+
+    def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
+        split, shape, at = self.split_shape(ours), [], 0
+        for n in self.groups:
+            shape.append(math.prod(split[at : at + n]))
+            at += n
+        return tuple(shape)
+
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        return x.transpose(np.argsort(self.perm)).reshape(self.hf_shape(x.shape))
+
+    def read(self, read_hf: Callable[[Index], np.ndarray], ours: tuple[int, ...], index: Index):
+        """Our array's part `index` (of full shape `ours`), from the HF tensor read through `read_hf`."""
+        index = full_index(index, ours)
+        split, split_index = self.split_shape(ours), [slice(0)] * len(ours)
+        for j, axis in enumerate(self.perm):
+            split_index[axis] = index[j]
+        hf_index, local_shape, local_index, at = [], [], [], 0
+        for n in self.groups:
+            outer, inner = split_index[at], split[at + 1 : at + n]
+            rows = math.prod(inner)
+            hf_index.append(slice(outer.start * rows, outer.stop * rows))
+            local_shape += [outer.stop - outer.start, *inner]
+            local_index += [slice(None), *split_index[at + 1 : at + n]]
+            at += n
+        block = np.asarray(read_hf(tuple(hf_index)), np.float32).reshape(local_shape)
+        return block[tuple(local_index)].transpose(self.perm)
+
+
+def full_index(index: Index, shape: tuple[int, ...]) -> Index:
+    """`index` with every axis a slice of explicit bounds (step 1), missing axes whole."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    out = []
+    for s, n in zip(index, shape, strict=True):
+        start, stop, step = s.indices(n)
+        if step != 1:
+            raise ValueError(f"index {index}: only contiguous slices are read")
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorMapping:
-    """One parameter: its path in the tpu_train tree, its HF name (with `{i}` for per-layer tensors) and the
-    two layout conversions, written for one layer."""
+    """One parameter: its path in the tpu_train tree, its HF name (with `{i}` for per-layer tensors) and
+    the layout conversion, written for one layer."""
 
     path: tuple[str, ...]
     hf_name: str
-    to_ours: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
+    layout: Layout
 
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.hf_name
 
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        return self.layout.to_hf(x)
+
+    def read(self, read_tensor: ReadTensor, shape: tuple[int, ...], index: Index) -> np.ndarray:
+        """Part `index` of our (stacked, for per-layer tensors) parameter of shape `shape`."""
+        if not self.per_layer:
+            return self.layout.read(lambda i: read_tensor(self.hf_name, i), shape, index)
+        index = full_index(index, shape)
+        layers = range(index[0].start, index[0].stop)
+        return np.stack(
+            [
+                self.layout.read(
+                    lambda i, layer=layer: read_tensor(self.hf_name.format(i=layer), i),
+                    shape[1:],
+                    index[1:],
+                )
+                for layer in layers
+            ]
+        )
+
 
 def mappings(cfg: LlamaConfig) -> list[TensorMapping]:
-    e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-
-    def heads_in(n: int) -> tuple[Callable, Callable]:  # HF [n*D, E] <-> ours [E, n, D]
-        return (lambda w: w.T.reshape(e, n, d)), (lambda w: w.reshape(e, n * d).T)
-
-    def out_heads() -> tuple[Callable, Callable]:  # HF [E, H*D] <-> ours [H, D, E]
-        return (lambda w: w.T.reshape(h, d, e)), (lambda w: w.reshape(h * d, e).T)
-
-    transpose = (np.transpose, np.transpose)
-    same = (lambda w: w, lambda w: w)
+    heads_in = Layout(groups=(2, 1), perm=(2, 0, 1))  # HF [n*D, E] <-> ours [E, n, D]
+    out_heads = Layout(groups=(1, 2), perm=(1, 2, 0))  # HF [E, H*D] <-> ours [H, D, E]
+    transpose = Layout(groups=(1, 1), perm=(1, 0))
+    same_1d, same_2d = Layout((1,), (0,)), Layout((1, 1), (0, 1))
     layer = "model.layers.{i}."
     table = [
-        (("embed",), "model.embed_tokens.weight", same),
-        (("layers", "attn", "q_proj"), layer + "self_attn.q_proj.weight", heads_in(h)),
-        (("layers", "attn", "k_proj"), layer + "self_attn.k_proj.weight", heads_in(k)),
-        (("layers", "attn", "v_proj"), layer + "self_attn.v_proj.weight", heads_in(k)),
-        (("layers", "attn", "o_proj"), layer + "self_attn.o_proj.weight", out_heads()),
+        (("embed",), "model.embed_tokens.weight", same_2d),
+        (("layers", "attn", "q_proj"), layer + "self_attn.q_proj.weight", heads_in),
+        (("layers", "attn", "k_proj"), layer + "self_attn.k_proj.weight", heads_in),
+        (("layers", "attn", "v_proj"), layer + "self_attn.v_proj.weight", heads_in),
+        (("layers", "attn", "o_proj"), layer + "self_attn.o_proj.weight", out_heads),
         (("layers", "mlp", "gate_proj"), layer + "mlp.gate_proj.weight", transpose),
         (("layers", "mlp", "up_proj"), layer + "mlp.up_proj.weight", transpose),
         (("layers", "mlp", "down_proj"), layer + "mlp.down_proj.weight", transpose),
-        (("layers", "attn_norm", "scale"), layer + "input_layernorm.weight", same),
-        (("layers", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight", same),
-        (("final_norm", "scale"), "model.norm.weight", same),
+        (("layers", "attn_norm", "scale"), layer + "input_layernorm.weight", same_1d),
+        (("layers", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight", same_1d),
+        (("final_norm", "scale"), "model.norm.weight", same_1d),
     ]
     if not cfg.tie_embeddings:
         table.append((("lm_head",), "lm_head.weight", transpose))
-    return [TensorMapping(path, name, *conv) for path, name, conv in table]
+    return [TensorMapping(path, name, layout) for path, name, layout in table]
 
 
 def hf_shape(m: TensorMapping, ours_shape: tuple[int, ...]) -> tuple[int, ...]:
     """HF shape of one layer's tensor, given the shape of our (unstacked) parameter."""
-    return m.to_hf(np.empty(ours_shape, np.uint8)).shape
+    return m.layout.hf_shape(ours_shape)
 
 
 def load_params(
-    get_tensor: Callable[[str], np.ndarray],
-    names: set[str],
+    read_tensor: ReadTensor,
+    hf_shapes: Mapping[str, tuple[int, ...]],
     cfg: LlamaConfig,
-    shapes: dict[tuple[str, ...], tuple[int, ...]],
-    place: Callable[[tuple[str, ...], np.ndarray], object],
+    shapes: Mapping[tuple[str, ...], tuple[int, ...]],
+    place: Callable[[tuple[str, ...], tuple[int, ...], Callable[[Index], np.ndarray]], object],
 ) -> dict:
-    """Builds the canonical parameter tree from HF tensors.
+    """Builds the canonical parameter tree from HF tensors, each device reading only its own part.
 
     Args:
-      get_tensor: HF name -> array (e.g. `CheckpointReader.get`).
-      names: every tensor name in the checkpoint, to report unexpected ones.
+      read_tensor: (HF name, index) -> that part of the tensor, float32 (an import source's `read`).
+      hf_shapes: the shape of every tensor in the checkpoint: checked against the config before
+        anything is read, and unexpected names reported.
       cfg: the model configuration read from the same checkpoint.
       shapes: expected *stacked* shape of each parameter path.
-      place: turns a finished host array into its final form (e.g. a sharded `jax.Array`); called once
-        per parameter so only one stacked parameter lives on the host at a time.
+      place: (path, shape, read_part) -> the final array, where `read_part(index)` returns part `index`
+        of the parameter (e.g. `jax.make_array_from_callback(shape, sharding, read_part)`).
     """
     table = mappings(cfg)
-    expected = {
-        m.hf_name.format(i=i)
-        for m in table
-        for i in (range(cfg.num_layers) if m.per_layer else [0])
-    }
-    unexpected = sorted(n for n in names - expected if not n.endswith(_IGNORED_SUFFIXES))
+    expected = {}
+    for m in table:
+        one_shape = shapes[m.path][1:] if m.per_layer else shapes[m.path]
+        for i in range(cfg.num_layers) if m.per_layer else [0]:
+            expected[m.hf_name.format(i=i)] = hf_shape(m, one_shape)
+    unexpected = sorted(
+        n for n in set(hf_shapes) - set(expected) if not n.endswith(_IGNORED_SUFFIXES)
+    )
     if unexpected:
         raise UnsupportedCheckpointError(
             f"checkpoint has tensors a Llama of this config does not: {', '.join(unexpected[:5])}"
             + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         )
+    for name, want in expected.items():
+        if name not in hf_shapes:
+            raise KeyError(f"tensor {name!r} is missing from the checkpoint")
+        if tuple(hf_shapes[name]) != want:
+            raise UnsupportedCheckpointError(
+                f"tensor {name!r} has shape {list(hf_shapes[name])}, expected {list(want)} for this "
+                "config"
+            )
     tree: dict = {}
     for m in table:
-        shape = shapes[m.path]
-        layers = range(cfg.num_layers) if m.per_layer else [None]
-        one_shape = shape[1:] if m.per_layer else shape
-        out = np.empty(shape, dtype=np.float32)
-        for i in layers:
-            name = m.hf_name.format(i=i)
-            tensor = get_tensor(name)
-            want = hf_shape(m, one_shape)
-            if tensor.shape != want:
-                raise UnsupportedCheckpointError(
-                    f"tensor {name!r} has shape {list(tensor.shape)}, expected {list(want)} for this config"
-                )
-            value = m.to_ours(np.asarray(tensor, dtype=np.float32))
-            if i is None:
-                out = value
-            else:
-                out[i] = value
-        _set(tree, m.path, place(m.path, out))
+        shape = tuple(shapes[m.path])
+        _set(
+            tree,
+            m.path,
+            place(m.path, shape, lambda index, m=m, shape=shape: m.read(read_tensor, shape, index)),
+        )
     return tree
 
 

@@ -143,7 +143,21 @@ class CheckpointReader:
     def names(self) -> Iterator[str]:
         return iter(self.weight_map)
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """{name: shape} of every tensor, from the file headers (no tensor data is read)."""
+        return {
+            name: tuple(self._file(name).get_slice(name).get_shape()) for name in self.weight_map
+        }
+
     def get(self, name: str) -> np.ndarray:
+        return self._file(name).get_tensor(name)
+
+    def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
+        """Part `index` of a tensor as float32; only those bytes of the memory-mapped file are read."""
+        part = self._file(name).get_slice(name)[index] if index else self.get(name)
+        return np.asarray(part, np.float32)
+
+    def _file(self, name: str) -> Any:
         if name not in self.weight_map:
             raise KeyError(f"{self.hf_dir}: tensor {name!r} is missing from the checkpoint")
         file = self.weight_map[name]
@@ -154,4 +168,4 @@ class CheckpointReader:
                     f"{path}: shard named in {INDEX_FILE} for {name!r} is missing"
                 )
             self._open[file] = open_safetensors(path)
-        return self._open[file].get_tensor(name)
+        return self._open[file]

@@ -37,9 +37,11 @@ from tpu_train.rl.environment import CORRECT, Problem, Scored
 from tpu_train.rl.setup import Environment, RlRun, make_environment, prepare
 from tpu_train.sampling.sampler import Sampler
 from tpu_train.sampling.sampling_params import Completion, SamplingParams
+from tpu_train.sharding import put_global
 from tpu_train.training import metrics
 from tpu_train.training.loop import initial_state
 from tpu_train.training.optimizer import make_optimizer
+from tpu_train.training.preemption import Preemption
 from tpu_train.training.step import TrainState
 
 # One row per greedy evaluation: step, "<set>/accuracy", "<set>/items".
@@ -119,37 +121,45 @@ def _train_rl(
     if start == 0:
         evaluate(0)
     last: dict[str, float] = {}
-    try:
-        for step in range(start, rl.num_steps):
-            if step == rl.fault_injection_kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)  # a machine that is lost, for the resume tests
-            state, last = _rl_step(
-                step, state, env, run, rl, update, logprobs, initial, with_reference
-            )
-            done = step + 1
-            if done % rl.log_every == 0 or done == rl.num_steps:
-                writer.write_scalars(done, last)
-                if jsonl is not None:
-                    jsonl.write(done, last)
-                say(_progress(done, rl.num_steps, last))
-            if rl.eval_every > 0 and done % rl.eval_every == 0 and done < rl.num_steps:
-                evaluate(done)
-            if ckpt.should_save(done) or done == rl.num_steps:
-                ckpt.save(
-                    done,
-                    state.params,
-                    state.opt_state,
-                    config_json,
-                    force=done == rl.num_steps,
-                    base_step=None if model_cfg.lora is None else checkpoint.BASE_STEP,
+    preempted = False
+    with Preemption() as preemption:
+        try:
+            for step in range(start, rl.num_steps):
+                if step == rl.fault_injection_kill_at_step:
+                    # a machine that is lost, for the resume tests
+                    os.kill(os.getpid(), signal.SIGKILL)
+                state, last = _rl_step(
+                    step, state, env, run, rl, update, logprobs, initial, with_reference
                 )
-            ckpt.poll()
-        if start < rl.num_steps:
-            evaluate(rl.num_steps)
-    finally:
-        writer.flush()
-        ckpt.close()
-        env.close()
+                done = step + 1
+                if done % rl.log_every == 0 or done == rl.num_steps:
+                    writer.write_scalars(done, last)
+                    if jsonl is not None:
+                        jsonl.write(done, last)
+                    say(_progress(done, rl.num_steps, last))
+                if rl.eval_every > 0 and done % rl.eval_every == 0 and done < rl.num_steps:
+                    evaluate(done)
+                preempted = preemption.reached(done)
+                if ckpt.should_save(done) or done == rl.num_steps or preempted:
+                    ckpt.save(
+                        done,
+                        state.params,
+                        state.opt_state,
+                        config_json,
+                        force=preempted or done == rl.num_steps,
+                        base_step=None if model_cfg.lora is None else checkpoint.BASE_STEP,
+                    )
+                if preempted:
+                    ckpt.wait()
+                    say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
+                    break
+                ckpt.poll()
+            if start < rl.num_steps and not preempted:
+                evaluate(rl.num_steps)
+        finally:
+            writer.flush()
+            ckpt.close()
+            env.close()
     if is_main:
         for line in report.before_after(workdir / EVALUATIONS_FILE):
             say(line)
@@ -246,7 +256,7 @@ def _rl_step(
     advantages = grpo.group_advantages(rewards, rl.scale_advantages).reshape(-1)
     longest = max(len(p) + len(c.tokens) - 1 for p, c in zip(repeated, completions, strict=True))
     host = rollout_batch(repeated, completions, advantages, _row_length(longest, run.row_length))
-    batch = {k: jax.device_put(v, _batch_sharding(run, v)) for k, v in host.items()}
+    batch = {k: put_global(v, _batch_sharding(run, v)) for k, v in host.items()}
     if rl.updates_per_batch > 1:  # the clipped ratio needs the sampling policy's log-probabilities
         batch["old_logp"] = logprobs(state.model_params(), batch)[0]
     if with_reference:

@@ -33,10 +33,11 @@ from tpu_train.sharding import Sharder, make_mesh, resolve_mesh_shape
 from tpu_train.training.config_checks import ConfigError, lora_config
 from tpu_train.training.loop import (
     RUNTIME_MODEL_FIELDS,
+    data_config,
     import_source,
     model_config,
-    prepare_tokenizer,
     sharding_rules,
+    write_tokenizer_files,
 )
 
 ENVIRONMENTS = ("programs", "sum")
@@ -111,24 +112,31 @@ def prepare(config: ml_collections.ConfigDict, workdir: epath.Path) -> RlRun:
         )
     sharder = Sharder(make_mesh(mesh_shape), sharding_rules(config))
 
+    import jax
+
+    is_main = jax.process_index() == 0
     tokenizer, fmt = None, None
-    if rl.environment == "programs":
+    if rl.environment == "programs" and is_main:  # one process writes files
         if init_workdir is not None:
             if not checkpoint.has_tokenizer(workdir):
                 checkpoint.copy_tokenizer(init_workdir, workdir)
             if not (workdir / prompts.FORMAT_FILE).exists():
                 prompts.write_format(workdir, prompts.read_format(init_workdir))
         else:
-            data_cfg = prepare_tokenizer(config, workdir, source)
+            write_tokenizer_files(config, workdir, source)
             if not (workdir / prompts.FORMAT_FILE).exists():
+                data_cfg = data_config(config, workdir)
                 prompts.write_format(
                     workdir, prompts.make_format(data_cfg.prompt_format, data_cfg.tokenizer)
                 )
+    if is_main:
+        checkpoint.write_model_config(workdir, model_cfg)
+    checkpoint.sync_processes("rl run files written")
+    if rl.environment == "programs":
         tokenizer = load_tokenizer(workdir)
         if tokenizer is None:
             raise ConfigError(f"{workdir}: no tokenizer; set data.tokenizer")
         fmt = prompts.read_format(workdir)
-    checkpoint.write_model_config(workdir, model_cfg)
     return RlRun(
         model_cfg=model_cfg,
         sharder=sharder,

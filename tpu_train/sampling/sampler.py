@@ -54,6 +54,7 @@ from tpu_train.sampling.sampling_params import (
     SamplingParams,
 )
 from tpu_train.sampling.tokenizer import Tokenizer
+from tpu_train.sharding import fetch_global, put_global
 
 
 class Sampler:
@@ -191,7 +192,7 @@ class Sampler:
             if not bool(jnp.all(state.done)):
                 until = jnp.int32(min(step + every, params.max_new_tokens))
                 state = self._decode(state, until, key, temperature, top_p, spec=spec)
-            done, count, tokens = jax.device_get((state.done, state.count, state.tokens))
+            done, count, tokens = fetch_global((state.done, state.count, state.tokens))
             if params.stop:
                 for b in range(len(seqs)):
                     if b in stopped or count[b] <= checked[b]:
@@ -207,7 +208,7 @@ class Sampler:
                     state = state._replace(done=self._place_rows(done))
             if done.all():
                 break
-        reasons = jax.device_get(state.reason)
+        reasons = fetch_global(state.reason)
         return [
             self._completion(tokens[b], count[b], reasons[b], stopped.get(b))
             for b in range(len(seqs))
@@ -290,7 +291,7 @@ class Sampler:
                     spec=spec,
                 )
                 occupant[row], checked[row] = i, 0
-            done = np.asarray(jax.device_get(state.done))
+            done = np.asarray(fetch_global(state.done))
             if not done.all():
                 # Back to the host when a row frees up while prompts wait (else when all are done),
                 # and every `stop_check_every` steps to look for stop strings.
@@ -306,7 +307,7 @@ class Sampler:
                     graphdef=self._graphdef,
                     spec=spec,
                 )
-            done, count, tokens, reasons = jax.device_get(
+            done, count, tokens, reasons = fetch_global(
                 (state.done, state.count, state.tokens, state.reason)
             )
             done, stopped = np.array(done), {}
@@ -334,7 +335,7 @@ class Sampler:
         if self.sharder is None:
             return jnp.asarray(x)
         axes = ("batch",) + (None,) * (x.ndim - 1)
-        return jax.device_put(x, self.sharder.sharding(axes, x.shape))
+        return put_global(x, self.sharder.sharding(axes, x.shape))
 
     def _text(self, tokens: Sequence[int], reason: str) -> str | None:
         if self.tokenizer is None:

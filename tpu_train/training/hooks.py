@@ -27,8 +27,8 @@ import numpy as np
 
 from tpu_train.model.config import LlamaConfig
 from tpu_train.sharding import Sharder
-from tpu_train.training import metrics
-from tpu_train.training.step import BATCH_KEYS, TrainState, loss_sums
+from tpu_train.training import input_pipeline, metrics
+from tpu_train.training.step import TrainState, loss_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class StepInfo:
     num_steps: int  # the run's last step
     state: TrainState
     metrics: dict[str, jax.Array]  # the step's metrics, on the device
-    fingerprint: int  # of this host's batch (input_pipeline.fingerprint)
+    fingerprint: int  # of the global batch (input_pipeline.fingerprint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +138,8 @@ class ValidationLoss:
         if self.empty:
             return None
         totals: dict[str, float] = {}
-        for local in itertools.islice(self.batches(), self.num_batches):
-            batch = {
-                k: jax.make_array_from_process_local_data(self.batch_sharding, local[k])
-                for k in BATCH_KEYS
-            }
+        for rows in itertools.islice(self.batches(), self.num_batches):
+            batch = input_pipeline.to_device(rows, self.batch_sharding)
             for name, value in jax.device_get(self.sums(info.state.model_params(), batch)).items():
                 totals[name] = totals.get(name, 0.0) + float(value)
         if not totals.get("tokens"):

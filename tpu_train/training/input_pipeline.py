@@ -1,13 +1,18 @@
-"""Training batches for the loop: `tpu_train.data.pipeline` batches, sharded per host, resumable by step.
+"""Training batches for the loop: `tpu_train.data.pipeline` batches, resumable by step, the same on any
+number of hosts.
 
-The input order is a pure function of (data config, seed, process count, step): each host reads shard
-`process_index` of `process_count` (`seqio.ShardInfo`), shuffles with the run's seed, repeats forever and
-batches; resuming at step s skips the first s batches. A checkpoint therefore needs no iterator state,
-only the step. Exact replay requires the same process count (a different count re-shards the data).
+The order of global batches is a pure function of (data config, seed, step): every host reads the whole
+mixture, shuffles it with the run's seed, repeats forever and batches `global_batch` rows; resuming at
+step s skips the first s batches. Each host then places only the rows its devices hold
+(`to_device`). A checkpoint therefore needs no iterator state, only the step, and a run resumed on
+another number of hosts (a slice resized after a preemption) sees the same examples at every step:
+the global batch fingerprint (`fingerprint`, logged per step) proves it. The price is that every host
+tokenizes every row of the batch: a few hundred rows per step, small beside a step on a slice.
 
 Example:
     >>> # batches = global_batches(cfg.data, global_batch=128, seed=0, start_step=0)
-    >>> # next(batches)["decoder_target_tokens"].shape  ->  (128 // jax.process_count(), seq_len)
+    >>> # next(batches)["decoder_target_tokens"].shape  ->  (128, seq_len) on every host
+    >>> # batch = to_device(next(batches), batch_sharding)   # jax.Arrays over the whole mesh
 """
 
 from __future__ import annotations
@@ -75,27 +80,21 @@ def global_batches(
     global_batch: int,
     seed: int,
     start_step: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
     prompt_format: PromptFormat = ALPACA,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields this host's part ([global_batch / process_count, seq_len] each) of every global batch from
-    `start_step` on."""
-    import seqio
+    """Yields every global batch ([global_batch, seq_len] each) from `start_step` on; the same on
+    every host."""
     import tensorflow as tf
 
     from tpu_train.data import pipeline
 
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; keep accelerators for JAX
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
     register(data_cfg, prompt_format)
     ds = pipeline.get_dataset(
         data_cfg.mixture,
         sequence_length=data_cfg.seq_len,
-        batch_size=global_batch // process_count,
+        batch_size=global_batch,
         split=data_cfg.split,
-        shard_info=seqio.ShardInfo(index=process_index, num_shards=process_count),
         seed=seed,
         shuffle=data_cfg.shuffle,
         pack=data_cfg.pack,
@@ -103,6 +102,19 @@ def global_batches(
     )
     for batch in ds.skip(start_step).as_numpy_iterator():
         yield with_packing_features(batch)
+
+
+def to_device(
+    batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding
+) -> dict[str, jax.Array]:
+    """A global batch as jax.Arrays laid out by `sharding`; each host copies only the rows its own
+    devices hold."""
+    return {
+        k: jax.make_array_from_callback(
+            batch[k].shape, sharding, lambda index, v=batch[k]: v[index]
+        )
+        for k in BATCH_KEYS
+    }
 
 
 def with_packing_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -119,8 +131,8 @@ def with_packing_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def fingerprint(batch: dict[str, np.ndarray]) -> int:
-    """A 32-bit checksum of a batch's tokens and weights, logged per step to prove two runs saw the same
-    examples."""
+    """A 32-bit checksum of a global batch's tokens and weights, logged per step to prove that two runs
+    (on any numbers of hosts) saw the same examples."""
     data = np.ascontiguousarray(batch["decoder_target_tokens"]).tobytes()
     data += np.ascontiguousarray(batch["decoder_loss_weights"]).tobytes()
     return zlib.crc32(data)

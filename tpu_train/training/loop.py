@@ -3,14 +3,14 @@
     state = resume from W, or import config.init (hf_dir or gguf), or initialise (`checkpoint.start`);
             with LoRA (`config.lora.rank` > 0) the base is frozen and only the adapters train
     for step in start..num_steps:  batch -> jitted step (sharded, donated) -> metrics -> checkpoint
-    SIGTERM (TPU preemption): save at the next step boundary and return
+    SIGTERM (TPU preemption): every process saves the same step and returns (`training.preemption`)
 
 Only process 0 writes metrics and prints; every process takes part in checkpoint saves (Orbax coordinates).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import json
 import os
@@ -47,7 +47,8 @@ from tpu_train.sharding import (
 from tpu_train.training import hooks, input_pipeline, metrics
 from tpu_train.training.config_checks import ConfigError, check_config, lora_config
 from tpu_train.training.optimizer import learning_rate_schedule, make_optimizer
-from tpu_train.training.step import BATCH_KEYS, TrainState, make_train_step
+from tpu_train.training.preemption import Preemption
+from tpu_train.training.step import TrainState, make_train_step
 
 # Model fields a training config may set; they change how the model runs, never its parameter shapes.
 RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "scan_layers", "remat_policy", "attention")
@@ -55,16 +56,6 @@ RUNTIME_MODEL_FIELDS = ("param_dtype", "compute_dtype", "scan_layers", "remat_po
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-@dataclasses.dataclass
-class _Preemption:
-    """Set by SIGTERM; the loop checkpoints and exits at the next step boundary."""
-
-    requested: bool = False
-
-    def __call__(self, signum, frame) -> None:
-        self.requested = True
 
 
 def import_source(init_cfg: ml_collections.ConfigDict) -> ImportSource | None:
@@ -123,16 +114,22 @@ def _refuse_preset_change(config: ml_collections.ConfigDict, workdir: epath.Path
         )
 
 
-def prepare_tokenizer(
+def write_tokenizer_files(
     config: ml_collections.ConfigDict, workdir: epath.Path, source: ImportSource | None
-) -> ml_collections.ConfigDict:
-    """Puts the run's tokenizer into a new workdir (the imported model's; else `data.tokenizer`, default
-    the shipped one) and returns the data section with `tokenizer` resolved: `data.tokenizer` if set,
-    else the workdir's own, so the tasks tokenize with the tokenizer the model came with."""
+) -> None:
+    """Puts the run's tokenizer into a new workdir: the imported model's; else `data.tokenizer`,
+    default the shipped one. A workdir that has a tokenizer keeps it."""
     if not checkpoint.has_tokenizer(workdir):
         copied = write_tokenizer(source, workdir) if source is not None else []
         if not copied:  # from scratch, or an import that carries no tokenizer
             checkpoint.copy_tokenizer(config.data.tokenizer or SHIPPED_TOKENIZER, workdir)
+
+
+def data_config(
+    config: ml_collections.ConfigDict, workdir: epath.Path
+) -> ml_collections.ConfigDict:
+    """The data section with `tokenizer` resolved: `data.tokenizer` if set, else the workdir's own
+    (`write_tokenizer_files`), so the tasks tokenize with the tokenizer the model came with."""
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     data_cfg.tokenizer = config.data.tokenizer or str(workdir)
     return data_cfg
@@ -173,13 +170,18 @@ def _train(
     ckpt = checkpoint.Checkpointer.for_run(
         workdir, config.checkpoint, keep_base=model_cfg.lora is not None
     )
-    # Written before the first checkpoint so that every step in W has its config beside it.
-    checkpoint.write_model_config(workdir, model_cfg)
-    data_cfg = prepare_tokenizer(config, workdir, source)
+    # Written before the first checkpoint so that every step in W has its config beside it; by
+    # process 0 alone (the others wait, then read the tokenizer it wrote).
+    if is_main:
+        checkpoint.write_model_config(workdir, model_cfg)
+        write_tokenizer_files(config, workdir, source)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    checkpoint.sync_processes("run files written")
+    data_cfg = data_config(config, workdir)
     prompt_format = prompts.make_format(data_cfg.prompt_format, data_cfg.tokenizer)
-    prompts.write_format(workdir, prompt_format)
+    if is_main:
+        prompts.write_format(workdir, prompt_format)
     input_pipeline.check_mixture(data_cfg, prompt_format)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
     import_params = None
     if source is not None:
@@ -291,19 +293,16 @@ def _train(
 
         loop_hooks.append(hooks.Hook(evaluate_and_log, every=config.eval.every_steps, at_end=False))
     config_json = json.loads(config.to_json_best_effort())
-    preemption = _Preemption()
-    previous_handler = signal.signal(signal.SIGTERM, preemption)
-    try:
+    with Preemption() as preemption, contextlib.ExitStack() as cleanup:
+        cleanup.callback(ckpt.close)  # waits for the last save; CheckpointSaveError if it failed
+        cleanup.callback(writer.flush)
         for step in range(start, num_steps):
             if step == config.train.fault_injection_kill_at_step:
                 # Fault injection for the resume tests: die at once, like a machine that is lost.
                 os.kill(os.getpid(), signal.SIGKILL)
-            local = next(batches)
-            fingerprint = input_pipeline.fingerprint(local)
-            batch = {
-                k: jax.make_array_from_process_local_data(batch_sharding, local[k])
-                for k in BATCH_KEYS
-            }
+            rows = next(batches)
+            fingerprint = input_pipeline.fingerprint(rows)
+            batch = input_pipeline.to_device(rows, batch_sharding)
             state, step_metrics = step_fn(state, batch)
             done = step + 1
             if not bool(step_metrics["finite"]):
@@ -318,24 +317,21 @@ def _train(
             for hook in loop_hooks:
                 if hook.due(done, num_steps):
                     hook(info)
-            if ckpt.should_save(done) or done == num_steps or preemption.requested:
+            preempted = preemption.reached(done)
+            if ckpt.should_save(done) or done == num_steps or preempted:
                 ckpt.save(
                     done,
                     state.params,
                     state.opt_state,
                     config_json,
-                    force=preemption.requested or done == num_steps,
+                    force=preempted or done == num_steps,
                     base_step=None if model_cfg.lora is None else checkpoint.BASE_STEP,
                 )
-            if preemption.requested:
+            if preempted:
                 ckpt.wait()
                 say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
                 break
             ckpt.poll()  # an async save that failed (full or read-only workdir) stops the run here
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-        writer.flush()
-        ckpt.close()  # waits for the last save; CheckpointSaveError if it failed
     return logger.last
 
 
