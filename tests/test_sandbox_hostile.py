@@ -463,7 +463,9 @@ def _other_pids() -> list[int]:
 def _config(level: str) -> ExecutorConfig:
     weaker = isolation.level_rank(level) < isolation.level_rank(DEFAULT_MIN)
     return ExecutorConfig(
-        timeout_s=1.5,
+        # Generous for the cases that end on their own: a 4096-deep tree under Landlock (each path walk
+        # is O(depth)) took 0.3 s here and over 1.5 s on a loaded CI machine.
+        timeout_s=4.0,
         workers=2,
         memory_bytes=1 << 30,
         file_bytes=FILE_BYTES,
