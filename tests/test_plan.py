@@ -179,3 +179,58 @@ def test_lora_plan_counts_the_frozen_base_and_the_adapters_real_arrays_hold(quan
     assert real_frozen <= plan.frozen_bytes <= 1.15 * real_frozen, (plan.frozen_bytes, real_frozen)
     if quantize == "int8":
         assert real_frozen < 0.5 * bytes_per_device(base)
+
+
+@pytest.mark.parametrize("shape", [{"fsdp": 8}, {"fsdp": 4, "tensor": 2}, {"data": 8}])
+def test_import_host_memory_bounds_what_an_import_allocates(shape, hf_llama_factory, monkeypatch):
+    """The planner's host memory for an import is an upper bound on (1) the numpy memory the import
+    allocates while building each parameter (measured with tracemalloc, one parameter at a time:
+    on CPU the finished arrays live in host memory too) and (2) the distinct parts any group of
+    `chips_per_host` devices holds under the real shardings."""
+    import tracemalloc
+
+    from tpu_train.interop import hf_weights
+    from tpu_train.interop.hf import HfDirectory, load_params
+    from tpu_train.planning import import_host_bytes
+
+    hf_dir, _ = hf_llama_factory(
+        vocab_size=1024, hidden_size=128, intermediate_size=344, num_hidden_layers=4
+    )
+    source = HfDirectory(hf_dir)
+    cfg = source.config()
+    sharder = Sharder(_mesh(shape))
+    per_parameter = []
+    load = hf_weights.load_params
+
+    def measuring_load(read, hf_shapes, cfg, shapes, place):
+        def measured_place(path, shape, read_part):
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            out = jax.block_until_ready(place(path, shape, read_part))
+            per_parameter.append(tracemalloc.get_traced_memory()[1] - before)
+            return out
+
+        return load(read, hf_shapes, cfg, shapes, measured_place)
+
+    monkeypatch.setattr(hf_weights, "load_params", measuring_load)
+    tracemalloc.start()
+    try:
+        params = load_params(source, cfg, sharder)
+    finally:
+        tracemalloc.stop()
+    bound = import_host_bytes(cfg, shape, chips_per_host=8)
+    # Measured 0.91 (fsdp) and 0.67 (replicated) of the bound: an upper bound, not a loose one.
+    assert 0.5 * bound["read"] <= max(per_parameter) <= bound["read"]
+
+    # Two hosts of four devices: what each holds of every parameter, under the real shardings, is what
+    # the planner counts for the step-0 save (its bound is exact on these meshes).
+    host_bound = import_host_bytes(cfg, shape, chips_per_host=4)
+    devices = list(sharder.mesh.devices.flat)
+    for host in (devices[:4], devices[4:]):
+        held = 0
+        for leaf in jax.tree.leaves(params):
+            index_map = leaf.sharding.devices_indices_map(leaf.shape)
+            distinct = {tuple((s.start, s.stop) for s in index_map[d]) for d in host}
+            held += len(distinct) * leaf.addressable_shards[0].data.nbytes
+        assert held == host_bound["save"]
+    assert bound["save"] >= host_bound["save"]

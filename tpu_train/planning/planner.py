@@ -49,16 +49,23 @@ class Generation:
     hbm_bytes: int
     peak_flops: float  # dense bf16 FLOP/s per chip (vendor figure)
     cores_per_chip: int  # slice names count TensorCores on v4/v5p (2 per chip), chips on v5e/v6e
+    # Chips one host (TPU VM worker) drives: 4 on every multi-host TPU slice; single-host v5e/v6e
+    # slices (v5litepod-8, v6e-8) put 8 on one host, as does an 8-GPU machine.
+    chips_per_host: int = 4
+    single_host_chips: int = 4
+
+    def chips_on_a_host(self, chips: int) -> int:
+        return chips if chips <= self.single_host_chips else min(chips, self.chips_per_host)
 
 
 TOPOLOGIES: dict[str, Generation] = {
     "v4": Generation("v4", 32 * GIB, 275e12, 2),
-    "v5e": Generation("v5e", 16 * GIB, 197e12, 1),
+    "v5e": Generation("v5e", 16 * GIB, 197e12, 1, single_host_chips=8),
     "v5p": Generation("v5p", 95 * GIB, 459e12, 2),
-    "v6e": Generation("v6e", 32 * GIB, 918e12, 1),
+    "v6e": Generation("v6e", 32 * GIB, 918e12, 1, single_host_chips=8),
     # GPUs, for comparison with single-GPU LoRA recipes: `a100-1`, `h100-8` count GPUs (80 GB parts).
-    "a100": Generation("a100", 80 * 10**9, 312e12, 1),
-    "h100": Generation("h100", 80 * 10**9, 989e12, 1),
+    "a100": Generation("a100", 80 * 10**9, 312e12, 1, 8, 8),
+    "h100": Generation("h100", 80 * 10**9, 989e12, 1, 8, 8),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
 
@@ -68,6 +75,10 @@ class Topology:
     name: str
     generation: Generation
     chips: int
+
+    @property
+    def chips_per_host(self) -> int:
+        return self.generation.chips_on_a_host(self.chips)
 
 
 def parse_topology(name: str) -> Topology:
@@ -126,6 +137,34 @@ def sharded_param_bytes(
         _shard_elements(sharder, a, x.shape) for x, a in zip(leaves, axis_leaves, strict=True)
     )
     return total, local * itemsize
+
+
+def import_host_bytes(
+    cfg: LlamaConfig, mesh_shape: dict[str, int], chips_per_host: int, rules: Rules = DEFAULT_RULES
+) -> dict[str, int]:
+    """Host memory one worker needs to import a checkpoint (`interop.hf.load_params`, then the step-0
+    save), an upper bound by part:
+
+    * ``read``: the import builds one parameter at a time from the parts its host's chips hold (each
+      distinct part read once, kept in `param_dtype` until the parameter is on the chips), and reading
+      one part briefly holds two float32 copies of it (the per-layer reads and their stack, or the file's
+      values and their conversion); the largest parameter sets the figure.
+    * ``save``: Orbax copies what a host writes of every parameter to host memory before writing it.
+
+    A host's share of a parameter is at most ``chips_per_host`` of its distinct parts (fewer when the
+    parameter is replicated over some mesh axes); which chips share a host does not change this bound.
+    """
+    shapes, axes = _abstract_params(cfg)
+    sharder = _sharder(mesh_shape, rules)
+    itemsize = np.dtype(cfg.param_dtype).itemsize
+    axis_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    read = save = 0
+    for leaf, names in zip(jax.tree.leaves(shapes), axis_leaves, strict=True):
+        part = _shard_elements(sharder, names, leaf.shape)
+        host = min(chips_per_host, math.prod(leaf.shape) // part) * part
+        read = max(read, host * itemsize + 2 * part * 4)
+        save += host * itemsize
+    return {"read": read, "save": save, "peak": max(read, save)}
 
 
 # Bytes per element of a quantized QLoRA base weight (qwix stores nf4 as 4-bit codes).
@@ -274,6 +313,7 @@ class Plan:
     mfu: float  # the stated MFU the step time assumes
     usable_fraction: float
     frozen_bytes: int = 0  # LoRA: the part of params_bytes that is the frozen base
+    import_host: dict[str, int] = dataclasses.field(default_factory=dict)  # per host (worker)
 
     @property
     def activation_bytes(self) -> int:
@@ -360,6 +400,7 @@ def make_plan(
         mfu=mfu,
         usable_fraction=usable_fraction,
         frozen_bytes=frozen_local,
+        import_host=import_host_bytes(cfg, mesh, topology.chips_per_host, rules),
     )
 
 
@@ -397,6 +438,11 @@ def format_plan(p: Plan) -> str:
         f"{_gib(a['logits_and_head']).strip()} logits + head)",
         f"  total             {_gib(p.total_bytes)}   of {_gib(p.usable_bytes).strip()} usable "
         f"({p.usable_fraction:.0%} of {gen.hbm_bytes / GIB:.0f} GiB)",
+        "",
+        f"host memory per worker ({p.topology.chips_per_host} chips) to import a checkpoint: "
+        f"{_gib(p.import_host['peak']).strip()} (reading parts {_gib(p.import_host['read']).strip()}, "
+        "staging the step-0 save "
+        f"{_gib(p.import_host['save']).strip()}; an upper bound, not checked against the host's RAM)",
         "",
         f"FLOPs/step {p.model_flops_per_step:.4g} model "
         f"({'6N' if cfg.lora is None else '4N frozen + 6 x adapters'} + causal attention), "
