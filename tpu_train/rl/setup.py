@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+import jax
 import ml_collections
 from etils import epath
 
@@ -112,8 +113,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: epath.Path) -> RlRun:
         )
     sharder = Sharder(make_mesh(mesh_shape), sharding_rules(config))
 
-    import jax
-
     is_main = jax.process_index() == 0
     tokenizer, fmt = None, None
     if rl.environment == "programs" and is_main:  # one process writes files
@@ -152,8 +151,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: epath.Path) -> RlRun:
 
 
 def _device_count() -> int:
-    import jax
-
     return jax.device_count()
 
 

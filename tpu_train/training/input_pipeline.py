@@ -27,6 +27,7 @@ import numpy as np
 
 from tpu_train.data.prompts import ALPACA, PromptFormat
 from tpu_train.data.sources import SHIPPED_TOKENIZER
+from tpu_train.sharding import put_global
 from tpu_train.training.step import BATCH_KEYS
 
 
@@ -109,12 +110,7 @@ def to_device(
 ) -> dict[str, jax.Array]:
     """A global batch as jax.Arrays laid out by `sharding`; each host copies only the rows its own
     devices hold."""
-    return {
-        k: jax.make_array_from_callback(
-            batch[k].shape, sharding, lambda index, v=batch[k]: v[index]
-        )
-        for k in BATCH_KEYS
-    }
+    return {k: put_global(batch[k], sharding) for k in BATCH_KEYS}
 
 
 def with_packing_features(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ Only process 0 writes metrics and prints; every process takes part in checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -293,45 +292,49 @@ def _train(
 
         loop_hooks.append(hooks.Hook(evaluate_and_log, every=config.eval.every_steps, at_end=False))
     config_json = json.loads(config.to_json_best_effort())
-    with Preemption() as preemption, contextlib.ExitStack() as cleanup:
-        cleanup.callback(ckpt.close)  # waits for the last save; CheckpointSaveError if it failed
-        cleanup.callback(writer.flush)
-        for step in range(start, num_steps):
-            if step == config.train.fault_injection_kill_at_step:
-                # Fault injection for the resume tests: die at once, like a machine that is lost.
-                os.kill(os.getpid(), signal.SIGKILL)
-            rows = next(batches)
-            fingerprint = input_pipeline.fingerprint(rows)
-            batch = input_pipeline.to_device(rows, batch_sharding)
-            state, step_metrics = step_fn(state, batch)
-            done = step + 1
-            if not bool(step_metrics["finite"]):
-                message = f"non-finite loss or gradient at step {done} (the update was not applied)"
-                if config.train.nan_policy == "stop":
-                    ckpt.wait()
-                    raise NonFiniteLossError(
-                        message + "; set train.nan_policy='skip' to continue past it"
+    with Preemption() as preemption:
+        try:
+            for step in range(start, num_steps):
+                if step == config.train.fault_injection_kill_at_step:
+                    # Fault injection for the resume tests: die at once, like a machine that is lost.
+                    os.kill(os.getpid(), signal.SIGKILL)
+                rows = next(batches)
+                fingerprint = input_pipeline.fingerprint(rows)
+                batch = input_pipeline.to_device(rows, batch_sharding)
+                state, step_metrics = step_fn(state, batch)
+                done = step + 1
+                if not bool(step_metrics["finite"]):
+                    message = (
+                        f"non-finite loss or gradient at step {done} (the update was not applied)"
                     )
-                say(f"warning: {message}; skipping (train.nan_policy='skip')")
-            info = hooks.StepInfo(done, num_steps, state, step_metrics, fingerprint)
-            for hook in loop_hooks:
-                if hook.due(done, num_steps):
-                    hook(info)
-            preempted = preemption.reached(done)
-            if ckpt.should_save(done) or done == num_steps or preempted:
-                ckpt.save(
-                    done,
-                    state.params,
-                    state.opt_state,
-                    config_json,
-                    force=preempted or done == num_steps,
-                    base_step=None if model_cfg.lora is None else checkpoint.BASE_STEP,
-                )
-            if preempted:
-                ckpt.wait()
-                say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
-                break
-            ckpt.poll()  # an async save that failed (full or read-only workdir) stops the run here
+                    if config.train.nan_policy == "stop":
+                        ckpt.wait()
+                        raise NonFiniteLossError(
+                            message + "; set train.nan_policy='skip' to continue past it"
+                        )
+                    say(f"warning: {message}; skipping (train.nan_policy='skip')")
+                info = hooks.StepInfo(done, num_steps, state, step_metrics, fingerprint)
+                for hook in loop_hooks:
+                    if hook.due(done, num_steps):
+                        hook(info)
+                preempted = preemption.reached(done)
+                if ckpt.should_save(done) or done == num_steps or preempted:
+                    ckpt.save(
+                        done,
+                        state.params,
+                        state.opt_state,
+                        config_json,
+                        force=preempted or done == num_steps,
+                        base_step=None if model_cfg.lora is None else checkpoint.BASE_STEP,
+                    )
+                if preempted:
+                    ckpt.wait()
+                    say(f"SIGTERM: saved step {done} and stopped; rerun the same command to resume")
+                    break
+                ckpt.poll()  # an async save that failed (full or read-only workdir) stops the run here
+        finally:
+            writer.flush()
+            ckpt.close()  # waits for the last save; CheckpointSaveError if it failed
     return logger.last
 
 
