@@ -48,25 +48,35 @@ def train_command(workdir, *overrides) -> list[str]:
     ]
 
 
-def train_env(devices: int = 1) -> dict[str, str]:
+def train_env(devices: int = 1, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the tests' modules importable, `devices` fake CPU devices,
+    and `env` on top."""
     return {
         **os.environ,
         "PYTHONPATH": str(ROOT / "tests"),
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        **(env or {}),
     }
 
 
-def run_command(command: list[str], devices: int = 1, check: bool = True):
-    """Runs a command of the project to completion (or death) on `devices` fake CPU devices and
-    returns the CompletedProcess (10 minutes at most: a hang fails the test)."""
+def run_command(
+    command: list[str],
+    devices: int = 1,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+):
+    """Runs a command of the project to completion (or death) on `devices` fake CPU devices (with
+    `env` added to the environment) and returns the CompletedProcess (`timeout` s at most, 10 minutes
+    by default: a hang fails the test)."""
     return subprocess.run(
         command,
         cwd=ROOT,
-        env=train_env(devices),
+        env=train_env(devices, env),
         capture_output=True,
         text=True,
         check=check,
-        timeout=600,
+        timeout=timeout,
     )
 
 

@@ -32,6 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -232,6 +235,26 @@ def prompt_prefix_ids(vocab: seqio.Vocabulary) -> tuple[int, ...]:
     return ()
 
 
+def _sentencepiece_vocabulary(model_file: epath.Path) -> seqio.SentencePieceVocabulary:
+    """`seqio.SentencePieceVocabulary` on a `.model` file. SeqIO reads it through TF's gfile, whose
+    GCS client is not the one the rest of the project uses (etils.epath: gcsfs or gfile), so a cloud
+    file is first copied through epath into a local file named by its contents."""
+    if "://" not in str(model_file):
+        return seqio.SentencePieceVocabulary(str(model_file))
+    data = model_file.read_bytes()
+    local = (
+        Path(tempfile.gettempdir())
+        / "tpu_train-tokenizers"
+        / f"{hashlib.sha256(data).hexdigest()}.model"
+    )
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f"{local.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(local)  # atomic: processes sharing the cache never see half a file
+    return seqio.SentencePieceVocabulary(str(local))
+
+
 def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
     """The SeqIO vocabulary for a tokenizer path (local or `gs://`).
 
@@ -253,7 +276,7 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
         if (p / tokenizer_files.TOKENIZER_JSON).exists():
             return HfTokenizerVocabulary(p)
         if (p / tokenizer_files.SENTENCEPIECE_MODEL).exists():
-            return seqio.SentencePieceVocabulary(str(p / tokenizer_files.SENTENCEPIECE_MODEL))
+            return _sentencepiece_vocabulary(p / tokenizer_files.SENTENCEPIECE_MODEL)
         raise FileNotFoundError(
             f"{path}: no {tokenizer_files.TOKENIZER_JSON} or {tokenizer_files.SENTENCEPIECE_MODEL} in this directory"
         )
@@ -261,7 +284,7 @@ def load_vocabulary(path: str | Path) -> seqio.Vocabulary:
         if p.name.endswith(".json"):
             return HfTokenizerVocabulary(p)
         if p.name.endswith(".model"):
-            return seqio.SentencePieceVocabulary(str(p))
+            return _sentencepiece_vocabulary(p)
     raise FileNotFoundError(
         f"{path}: not a tokenizer; expected a directory holding {tokenizer_files.TOKENIZER_JSON} or "
         f"{tokenizer_files.SENTENCEPIECE_MODEL}, a tokenizer .json file or a sentencepiece .model file"

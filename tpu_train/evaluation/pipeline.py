@@ -14,6 +14,8 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+from etils import epath
+
 from tpu_train import jsonl
 from tpu_train.evaluation import benchmarks, extract, grader, scoring
 from tpu_train.evaluation.executor import Executor, ExecutorConfig
@@ -155,18 +157,20 @@ def evaluate_records(
     return items, meta
 
 
-def write_outputs(items: Sequence[dict], meta: dict, out_dir: str) -> list[scoring.TableRow]:
-    """Write items.jsonl, table.md, chart.png and summary.json into ``out_dir``."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "items.jsonl"), "w", encoding="utf-8") as handle:
-        for item in items:
-            handle.write(json.dumps(item | {"isolation_level": meta["isolation_level"]}) + "\n")
+def write_outputs(
+    items: Sequence[dict], meta: dict, out_dir: str | os.PathLike
+) -> list[scoring.TableRow]:
+    """Write items.jsonl, table.md, chart.png and summary.json into ``out_dir`` (local or gs://)."""
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    level = meta["isolation_level"]
+    (out / "items.jsonl").write_text(
+        "".join(json.dumps(item | {"isolation_level": level}) + "\n" for item in items)
+    )
     rows = scoring.accuracy_table(items)
-    with open(os.path.join(out_dir, "table.md"), "w", encoding="utf-8") as handle:
-        handle.write(scoring.markdown_table(rows))
-    scoring.write_chart(rows, os.path.join(out_dir, "chart.png"))
+    (out / "table.md").write_text(scoring.markdown_table(rows))
+    scoring.write_chart(rows, out / "chart.png")
     verdicts = collections.Counter(i.get("verdict", "cot") for i in items)
     summary = meta | {"rows": [dataclasses.asdict(r) for r in rows], "verdicts": dict(verdicts)}
-    with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return rows

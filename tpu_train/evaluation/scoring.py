@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
+
+from etils import epath
 
 from tpu_train.evaluation import benchmarks, grader, latex
 
@@ -125,8 +128,9 @@ def text_table(rows: Sequence[TableRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_chart(rows: Sequence[TableRow], path: str) -> None:
-    """Grouped bar chart of strict vs compat accuracy per dataset (PNG, no display needed)."""
+def write_chart(rows: Sequence[TableRow], path: str | os.PathLike) -> None:
+    """Grouped bar chart of strict vs compat accuracy per dataset (PNG, no display needed; local or
+    gs://)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +146,9 @@ def write_chart(rows: Sequence[TableRow], path: str) -> None:
     ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png.getvalue())

@@ -51,14 +51,14 @@ class Tokenizer(Protocol):
 class SentencePieceTokenizer:
     """A sentencepiece model file, used directly through the `sentencepiece` library."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path | epath.Path):
         import sentencepiece as spm
 
-        path = Path(path)
+        path = epath.Path(path)  # local or gs://: the model is read as bytes
         if not path.exists():
             raise FileNotFoundError(f"{path}: no sentencepiece model")
         self.path = path
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
 
     @property
     def vocab_size(self) -> int:
@@ -297,7 +297,7 @@ class HfTokenizer:
         return self.backend.decode(kept, skip_special_tokens=True)
 
 
-def load_tokenizer(directory: str | Path) -> Tokenizer | None:
+def load_tokenizer(directory: str | Path | epath.Path) -> Tokenizer | None:
     """The tokenizer a model or workdir directory carries: `tokenizer.json` -> `HfTokenizer` (what
     AutoTokenizer loads, preferred when both are there), else `tokenizer.model` ->
     `SentencePieceTokenizer`, else None.
@@ -308,7 +308,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer | None:
         >>> load_tokenizer("/tmp/empty") is None  # doctest: +SKIP
         True
     """
-    directory = Path(directory)
+    directory = epath.Path(directory)  # local or gs://
     if (directory / tokenizer_files.TOKENIZER_JSON).exists():
         return HfTokenizer(directory)
     if (directory / tokenizer_files.SENTENCEPIECE_MODEL).exists():

@@ -8,11 +8,12 @@ scalars to TensorBoard.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import jax
 import ml_collections
 
+from tpu_train import checkpoint
 from tpu_train.data.prompts import PromptFormat
 from tpu_train.evaluation import benchmarks, model_eval, pipeline
 from tpu_train.evaluation.executor import ExecutorConfig
@@ -26,9 +27,13 @@ from tpu_train.sharding import Sharder
 
 class EvalHook:
     def __init__(
-        self, eval_cfg: ml_collections.ConfigDict, workdir: Path, prompt_format: PromptFormat
+        self,
+        eval_cfg: ml_collections.ConfigDict,
+        workdir: str | os.PathLike,
+        prompt_format: PromptFormat,
     ):
-        self.cfg, self.workdir, self.format = eval_cfg, Path(workdir), prompt_format
+        self.cfg, self.format = eval_cfg, prompt_format
+        self.workdir = checkpoint.workdir_path(workdir)  # local or gs://
         self.tokenizer = load_tokenizer(self.workdir)
         self.items = [
             record
@@ -56,5 +61,5 @@ class EvalHook:
         items, meta = model_eval.evaluate_model(
             generate, self.items, "pot", ExecutorConfig(workers=2), self.format
         )
-        rows = pipeline.write_outputs(items, meta, str(self.workdir / "eval" / f"step_{step}"))
+        rows = pipeline.write_outputs(items, meta, self.workdir / "eval" / f"step_{step}")
         return {f"eval/{row.dataset}_strict": row.strict for row in rows}
