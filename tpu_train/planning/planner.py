@@ -122,21 +122,34 @@ def _shard_elements(sharder: Sharder, axes: tuple, shape: tuple[int, ...]) -> in
     return elements
 
 
+@dataclasses.dataclass(frozen=True)
+class _ParamShard:
+    name: str  # the parameter's own key (e.g. "q_proj", "lora_a")
+    shape: tuple[int, ...]  # global, layers-stacked
+    local: int  # elements on each chip under the rules
+
+
+def _param_shards(cfg: LlamaConfig, mesh_shape: dict[str, int], rules: Rules) -> list[_ParamShard]:
+    """Every parameter of the canonical tree with its per-chip size on a mesh of `mesh_shape`."""
+    shapes, axes = _abstract_params(cfg)
+    sharder = _sharder(mesh_shape, rules)
+    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    axis_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    return [
+        _ParamShard(str(path[-1].key), leaf.shape, _shard_elements(sharder, names, leaf.shape))
+        for (path, leaf), names in zip(flat, axis_leaves, strict=True)
+    ]
+
+
 def sharded_param_bytes(
     cfg: LlamaConfig, mesh_shape: dict[str, int], rules: Rules = DEFAULT_RULES
 ) -> tuple[int, int]:
     """(global bytes, bytes on each chip) of the parameters under `rules` on a mesh of `mesh_shape`,
     every one in the parameter dtype (LoRA adapters included, no quantization)."""
-    shapes, axes = _abstract_params(cfg)
-    sharder = _sharder(mesh_shape, rules)
+    shards = _param_shards(cfg, mesh_shape, rules)
     itemsize = np.dtype(cfg.param_dtype).itemsize
-    leaves = jax.tree.leaves(shapes)
-    axis_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
-    total = sum(math.prod(x.shape) for x in leaves) * itemsize
-    local = sum(
-        _shard_elements(sharder, a, x.shape) for x, a in zip(leaves, axis_leaves, strict=True)
-    )
-    return total, local * itemsize
+    total = sum(math.prod(p.shape) for p in shards) * itemsize
+    return total, sum(p.local for p in shards) * itemsize
 
 
 def import_host_bytes(
@@ -154,15 +167,11 @@ def import_host_bytes(
     A host's share of a parameter is at most ``chips_per_host`` of its distinct parts (fewer when the
     parameter is replicated over some mesh axes); which chips share a host does not change this bound.
     """
-    shapes, axes = _abstract_params(cfg)
-    sharder = _sharder(mesh_shape, rules)
     itemsize = np.dtype(cfg.param_dtype).itemsize
-    axis_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
     read = save = 0
-    for leaf, names in zip(jax.tree.leaves(shapes), axis_leaves, strict=True):
-        part = _shard_elements(sharder, names, leaf.shape)
-        host = min(chips_per_host, math.prod(leaf.shape) // part) * part
-        read = max(read, host * itemsize + 2 * part * 4)
+    for p in _param_shards(cfg, mesh_shape, rules):
+        host = min(chips_per_host, math.prod(p.shape) // p.local) * p.local
+        read = max(read, host * itemsize + 2 * p.local * 4)
         save += host * itemsize
     return {"read": read, "save": save, "peak": max(read, save)}
 
@@ -177,26 +186,20 @@ def lora_param_bytes(
     """(frozen base, adapters): bytes on each chip of a LoRA model's two parts. A quantized base
     projection costs its sharded codes plus one float32 scale per block (`lora.quantize_base`'s
     layout), the scales counted unsharded."""
-    shapes, axes = _abstract_params(cfg)
-    sharder = _sharder(mesh_shape, rules)
     itemsize = np.dtype(cfg.param_dtype).itemsize
     quant = cfg.lora.quantize_base
     frozen = adapters = 0.0
-    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
-    axis_leaves = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
-    for (path, leaf), names in zip(flat, axis_leaves, strict=True):
-        name = str(path[-1].key)
-        local = _shard_elements(sharder, names, leaf.shape)
-        if lora.is_adapter(name):
-            adapters += local * itemsize
-        elif quant != "none" and name in lora.CONTRACTED_DIMS:
-            last_in = lora.CONTRACTED_DIMS[name]  # axis 0 is the layers axis
-            dim = leaf.shape[last_in]
+    for p in _param_shards(cfg, mesh_shape, rules):
+        if lora.is_adapter(p.name):
+            adapters += p.local * itemsize
+        elif quant != "none" and p.name in lora.CONTRACTED_DIMS:
+            last_in = lora.CONTRACTED_DIMS[p.name]  # axis 0 is the layers axis
+            dim = p.shape[last_in]
             block = lora.QUANT_BLOCK if dim % lora.QUANT_BLOCK == 0 else dim
             # Scales counted whole on every chip: their sharding is XLA's choice (an upper bound).
-            frozen += local * _QUANT_BYTES[quant] + math.prod(leaf.shape) / block * 4
+            frozen += p.local * _QUANT_BYTES[quant] + math.prod(p.shape) / block * 4
         else:
-            frozen += local * itemsize
+            frozen += p.local * itemsize
     return int(frozen), int(adapters)
 
 
