@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio_fixture_tasks  # noqa: F401  (registers fixture_arithmetic)
+from etils import epath
 from train_helpers import ROOT, final_params, metric_rows, tiny_config, train_command, train_env
 
 from tpu_train import checkpoint, checksums
@@ -236,3 +237,29 @@ def test_an_unknown_config_key_is_the_last_line_and_names_the_flag(tmp_path):
         "error: --config.train.num_stepz: the config has no field 'num_stepz' "
         '(Did you mean "num_steps" instead of "num_stepz"?)'
     )
+
+
+def test_a_manifest_being_written_by_another_process_is_not_hashed(tmp_path, monkeypatch):
+    """Process 1's manifest, half written at the moment process 0 lists the step, is not one of the
+    step's files (it used to be, and the step failed its check once the temporary file was renamed)."""
+    step = epath.Path(tmp_path)
+    (step / "state").mkdir()
+    (step / "state" / "data").write_bytes(b"saved")
+    path_type = type(step)
+    real_rename = path_type.rename
+    seen = {}
+
+    def rename_after_process_0_hashed(self, target):
+        if not seen:  # process 1 is between writing its temporary file and renaming it
+            seen["partial"] = sorted(p.name for p in step.iterdir())
+            seen["listed"] = None
+            checksums.write_manifest(step, 0)
+            seen["listed"] = json.loads((step / checksums.manifest_name(0)).read_text())["files"]
+        return real_rename(self, target)
+
+    monkeypatch.setattr(path_type, "rename", rename_after_process_0_hashed)
+    checksums.write_manifest(step, 1)
+    assert seen["partial"] == ["state", checksums.manifest_name(1) + ".partial"]
+    assert list(seen["listed"]) == ["state/data"]
+    assert checksums.manifests(step) == [0, 1]
+    assert checksums.check_manifest(step, 0) is None

@@ -45,7 +45,8 @@ def owner(relative: str) -> int:
 
 
 def _files(step_dir: epath.Path) -> Iterator[str]:
-    """Relative paths of the files under a step directory, our manifests excluded."""
+    """Relative paths of the files under a step directory, our manifests (finished or being written by
+    another process) excluded."""
     pending = [step_dir]
     while pending:
         folder = pending.pop()
@@ -75,7 +76,9 @@ def write_manifest(step_dir: epath.Path, process: int) -> None:
     if "://" in str(step_dir):  # an object store writes each object whole
         target.write_text(text)
         return
-    partial = step_dir / f".{target.name}.partial"
+    # The temporary name keeps the manifest prefix, so the other processes, listing the same step
+    # directory for their own manifests at the same time, skip it like the finished manifests.
+    partial = step_dir / f"{target.name}.partial"
     partial.write_text(text)
     partial.rename(target)  # a crash mid-write leaves no half manifest that would fail the step
 
