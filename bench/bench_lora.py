@@ -22,6 +22,10 @@ framework at a time, and because sharing a process slowed our step in bench_trai
 threads keep spinning after each torch step). Memory is each process's peak resident set
 (`getrusage(RUSAGE_SELF).ru_maxrss`), the same measure on both sides; ours includes the peak of XLA's
 compilation. Our compiled step's own `memory_analysis()` (arguments + temporaries) is printed beside it.
+
+Allocator: `--malloc=reuse` starts both children with `TPU_TRAIN_MALLOC=reuse` (both import tpu_train,
+which then sets glibc's malloc to keep freed memory for the next step, `tpu_train.host_memory`); the
+default, `system`, is glibc's own behaviour on both sides, as each library runs out of the box.
 """
 
 from __future__ import annotations
@@ -190,6 +194,40 @@ class PeftRunner:
 
 
 SIDES = ("ours", "peft")
+MALLOC = {
+    "system": "glibc's default",
+    "reuse": "TPU_TRAIN_MALLOC=reuse (tpu_train.host_memory)",
+}
+
+
+def gemm_flops(side: str, tokens: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` FLOP/s of one float32 matmul of the step's MLP shape ([tokens, hidden] x
+    [hidden, intermediate]) in the side's own library: XLA:CPU's for ours, torch's for peft. The ceiling
+    each step's matmuls run under, measured in the same process after its steps."""
+    m, k, n = tokens, SHAPE["hidden_size"], SHAPE["intermediate_size"]
+    rng = np.random.default_rng(0)
+    a, b = rng.random((m, k), np.float32), rng.random((k, n), np.float32)
+    if side == "ours":
+        x, w = jnp.asarray(a), jnp.asarray(b)
+        mm = jax.jit(jnp.matmul)
+
+        def once():
+            mm(x, w).block_until_ready()
+    else:
+        import torch
+
+        x, w = torch.from_numpy(a), torch.from_numpy(b)
+
+        def once():
+            torch.matmul(x, w)
+
+    once()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best
 
 
 def time_side(side: str, steps: int, batch: int, seq: int) -> dict:
@@ -205,10 +243,17 @@ def time_side(side: str, steps: int, batch: int, seq: int) -> dict:
         "trainable": runner.trainable,
         "max_rss": _max_rss_bytes(),
         "xla_bytes": runner.xla_bytes,
+        "gemm_flops": gemm_flops(side, batch * seq),
     }
 
 
-def run(repeats: int = 2, batch: int = 4, seq: int = 512, steps_per_process: int = 2) -> dict:
+def run(
+    repeats: int = 2,
+    batch: int = 4,
+    seq: int = 512,
+    steps_per_process: int = 2,
+    malloc: str = "system",
+) -> dict:
     cfg = model_config()
     tokens = batch * seq
     found: dict[str, list[dict]] = {side: [] for side in SIDES}
@@ -216,7 +261,8 @@ def run(repeats: int = 2, batch: int = 4, seq: int = 512, steps_per_process: int
         for side in SIDES:
             command = [sys.executable, os.path.abspath(__file__), f"--side={side}"]
             command += [f"--steps={steps_per_process}", f"--batch={batch}", f"--seq={seq}"]
-            done = subprocess.run(command, capture_output=True, text=True)
+            env = dict(os.environ, TPU_TRAIN_MALLOC=malloc)
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 raise RuntimeError(f"{side} failed:\n{done.stderr[-2000:]}")
             found[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -235,6 +281,7 @@ def run(repeats: int = 2, batch: int = 4, seq: int = 512, steps_per_process: int
         "xla_bytes": found["ours"][0]["xla_bytes"],
         "repeats": repeats,
         "steps": repeats * steps_per_process,
+        "malloc": malloc,
         "cpus": os.cpu_count(),
         "load": os.getloadavg()[0],
     }
@@ -245,6 +292,7 @@ def run(repeats: int = 2, batch: int = 4, seq: int = 512, steps_per_process: int
             "median_tokens_per_s": tokens / statistics.median(times),
             "max_rss": max(r["max_rss"] for r in runs),
             "loss": runs[-1]["loss"],
+            "gemm_flops": max(r["gemm_flops"] for r in runs),
         }
     return result
 
@@ -268,7 +316,13 @@ def markdown_rows(r: dict) -> list[str]:
         f"{r['steps']} steps in {r['repeats']} alternating processes per side; medians "
         f"{ours['median_tokens_per_s']:,.0f} / {peer['median_tokens_per_s']:,.0f}; max RSS (peak "
         f"resident memory of the process) ours {ours['max_rss'] / gib:.1f} GiB / peft "
-        f"{peer['max_rss'] / gib:.1f} GiB{xla}; trainable params {r['trainable']:,} on both |"
+        f"{peer['max_rss'] / gib:.1f} GiB{xla}; trainable params {r['trainable']:,} on both; "
+        f"malloc on both sides: {MALLOC[r['malloc']]} |",
+        f"| float32 matmul GFLOP/s of the LoRA step's MLP shape ({r['tokens_per_step']}x"
+        f"{SHAPE['hidden_size']}x{SHAPE['intermediate_size']}), XLA:CPU vs torch | "
+        f"{ours['gemm_flops'] / 1e9:,.0f} | {peer['gemm_flops'] / 1e9:,.0f} (torch) | "
+        f"{ours['gemm_flops'] / peer['gemm_flops']:.2f}x | the ceiling of each side's step: "
+        "measured in each benchmark process after its steps, best of 5 |",
     ]
 
 
@@ -279,12 +333,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--markdown", action="store_true", help="print only Markdown table rows")
+    parser.add_argument(
+        "--malloc",
+        choices=sorted(MALLOC),
+        default="system",
+        help="both sides' allocator: glibc's default, or TPU_TRAIN_MALLOC=reuse",
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one side, in a child
     args = parser.parse_args()
     if args.side:
         print(json.dumps(time_side(args.side, args.steps, args.batch, args.seq)))
         return
-    r = run(args.repeats, args.batch, args.seq, args.steps)
+    r = run(args.repeats, args.batch, args.seq, args.steps, args.malloc)
     if args.markdown:
         print("\n".join(markdown_rows(r)))
         return
@@ -300,7 +360,7 @@ def main() -> None:
         print(
             f"{name:<5} {x['tokens_per_s']:>8,.0f} tok/s (median {x['median_tokens_per_s']:,.0f})  "
             f"{x['tokens_per_s'] / base:.2f}x peft  max RSS {x['max_rss'] / 2**30:.2f} GiB  "
-            f"loss {x['loss']:.3f}"
+            f"loss {x['loss']:.3f}  matmul {x['gemm_flops'] / 1e9:,.0f} GFLOP/s"
         )
 
 
