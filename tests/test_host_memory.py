@@ -42,7 +42,6 @@ def _faults(malloc: str) -> list[int]:
     return json.loads(out.stdout.splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_buffers_are_reused_without_page_faults():
     reused, system = _faults("reuse"), _faults("system")
     # glibc's default maps fresh memory each round and faults it in again (every 4 KiB page, or every

@@ -19,7 +19,8 @@ Why it is opt-in (`TPU_TRAIN_MALLOC=reuse`), not the default: with one arena, th
 XLA programs (LLVM allocates a great deal) contend for it, and compiling took 1.4x as long (a 6-layer
 LoRA step: 9.1 s against 6.5 s, twice each), which cost more than it saved in compile-bound work such as
 the test suite and short runs. A long CPU run, where each compiled step runs hundreds of times, gains;
-TPU and GPU runs keep their temporaries in device memory and are unaffected either way. Another setting
+TPU and GPU runs keep their temporaries in device memory, so this should not matter there (not
+measured). Another setting
 without the single arena does not work: glibc serves a large block of a thread's own arena with a fresh
 mmap whatever M_MMAP_MAX says.
 
